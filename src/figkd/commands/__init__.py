@@ -1,0 +1,1 @@
+"""Subcommands of the ``figkd`` CLI: one module each, exposing ``COMMAND``."""

@@ -1,0 +1,24 @@
+"""Distillation losses: one module per method, all in the :data:`LOSSES` registry.
+
+>>> from figkd.losses import build_loss
+>>> loss = build_loss("figkd", beta=2.0)
+>>> terms = loss(student_logits, teacher_logits, targets)  # doctest: +SKIP
+>>> total = sum(terms.values())  # doctest: +SKIP
+"""
+
+from figkd.losses.base import LOSSES, DistillationLoss, build_loss, list_losses, register_loss
+from figkd.losses.ce import CELoss
+from figkd.losses.figkd_loss import FiGKDLoss
+from figkd.losses.kd import KDLoss, kd_divergence
+
+__all__ = [
+    "LOSSES",
+    "DistillationLoss",
+    "build_loss",
+    "list_losses",
+    "register_loss",
+    "CELoss",
+    "KDLoss",
+    "FiGKDLoss",
+    "kd_divergence",
+]
