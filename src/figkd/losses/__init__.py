@@ -8,8 +8,11 @@
 
 from figkd.losses.base import LOSSES, DistillationLoss, build_loss, list_losses, register_loss
 from figkd.losses.ce import CELoss
+from figkd.losses.dist import DISTLoss
+from figkd.losses.dkd import DKDLoss
 from figkd.losses.figkd_loss import FiGKDLoss
 from figkd.losses.kd import KDLoss, kd_divergence
+from figkd.losses.standardize import standardize_logits
 
 __all__ = [
     "LOSSES",
@@ -20,5 +23,8 @@ __all__ = [
     "CELoss",
     "KDLoss",
     "FiGKDLoss",
+    "DKDLoss",
+    "DISTLoss",
     "kd_divergence",
+    "standardize_logits",
 ]
