@@ -12,6 +12,7 @@ from figkd.losses.dist import DISTLoss
 from figkd.losses.dkd import DKDLoss
 from figkd.losses.figkd_loss import FiGKDLoss
 from figkd.losses.kd import KDLoss, kd_divergence
+from figkd.losses.mlkd import MLKDLoss
 from figkd.losses.standardize import standardize_logits
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "FiGKDLoss",
     "DKDLoss",
     "DISTLoss",
+    "MLKDLoss",
     "kd_divergence",
     "standardize_logits",
 ]
