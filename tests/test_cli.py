@@ -1,4 +1,4 @@
-"""The figkd command line: discovery, help, and the demo self-check."""
+"""The figkd command line: discovery, help, and where overrides may go."""
 
 from __future__ import annotations
 
@@ -24,8 +24,22 @@ def test_missing_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None
     assert "COMMAND" in capsys.readouterr().err
 
 
-def test_demo_self_check_agrees_with_pywavelets(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo"]) == 0
+def test_overrides_after_options_reach_the_config(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--epochs", "3", "optim.momentum=0.8", "train.seed=7", "--print-config"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "vs PyWavelets" in out and ": OK" in out
-    assert "figkd: ce=" in out and "detail=" in out
+    assert "momentum: 0.8" in out and "seed: 7" in out and "epochs: 3" in out
+
+
+def test_override_swallowed_by_seeds_names_the_fix(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--seeds", "0", "1", "train.epochs=2", "--print-config"])
+    assert exit_info.value.code == 2
+    assert "put key=value overrides before --seeds" in capsys.readouterr().err
+
+
+def test_unknown_option_is_still_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--no-such-flag", "--print-config"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err

@@ -61,8 +61,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def looks_like_override(token: str) -> bool:
+    """``key=value`` with a dotted config key, as opposed to an option or a path."""
+    key, sep, _ = token.partition("=")
+    return bool(sep) and not token.startswith("-") and key.replace(".", "_").isidentifier()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``, accepting ``key=value`` overrides anywhere after the command.
+
+    argparse stops filling a ``nargs="*"`` positional at the first option, so
+    ``figkd distill cfg.yaml --epochs 1 train.lr=0.1`` would otherwise fail;
+    trailing overrides are moved into the command's ``items`` instead.
+    """
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        if hasattr(args, "items") and all(looks_like_override(token) for token in extras):
+            args.items = [*(args.items or []), *extras]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError) as error:

@@ -1,0 +1,336 @@
+"""Batches for the trainer: the in-memory fast path or a torch DataLoader.
+
+Both paths yield ``(images, targets, sample_index)`` and draw each epoch's order
+from :func:`figkd.data.epoch_generator` ``(seed, epoch)``, so a resumed run sees
+exactly the batches an uninterrupted one would.  Under DDP every rank takes a
+strided shard of the same permutation (rank r gets positions r, r+W, ...), so
+W processes with batch B/W see the same global batches as one with batch B.
+Evaluation shards are strided without padding, so summed metrics are exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from figkd.config import Config
+from figkd.data import (
+    GPUBatchLoader,
+    build_paired_transforms,
+    build_transforms,
+    build_uint8_cache,
+    epoch_generator,
+    get_dataset_info,
+    get_preset,
+    load_dataset,
+)
+from figkd.engine.distributed import DistContext
+from figkd.engine.seeding import worker_init_fn
+
+Batch = tuple[Any, torch.Tensor, torch.Tensor]  # images (or (weak, strong)), targets, indices
+
+
+class BatchSource(Protocol):
+    """Batches of one split; ``epoch(e)`` is a pure function of ``e`` for training sources."""
+
+    def epoch(self, epoch: int) -> Iterator[Batch]: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class DataBundle:
+    train: BatchSource
+    val: BatchSource | None
+    test: BatchSource
+    num_classes: int
+    in_channels: int
+    train_size: int
+    per_rank_batch: int
+    fixed_train_inputs: bool  # no random augmentation: teacher logits may be cached
+    path: str  # "fast" or "torch"
+    train_eval: BatchSource | None = None  # unshuffled pass over train (teacher cache)
+
+
+def _to_device(images: Any, device: torch.device, channels_last: bool) -> Any:
+    if isinstance(images, (tuple, list)):
+        return tuple(_to_device(x, device, channels_last) for x in images)
+    images = images.to(device, non_blocking=True)
+    if channels_last and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+# --------------------------------------------------------------------------- fast path
+
+
+class FastSource:
+    """A :class:`GPUBatchLoader` over a uint8 cache whose "targets" are sample indices."""
+
+    def __init__(
+        self,
+        cache: Any,
+        batch_size: int,
+        preset: str,
+        *,
+        train: bool,
+        device: torch.device,
+        seed: int,
+        ctx: DistContext,
+        channels_last: bool,
+        max_steps: int | None,
+    ) -> None:
+        self.targets = cache.targets.to(device)
+        indexed = dataclasses.replace(cache, targets=torch.arange(len(cache.targets)))
+        if not train and ctx.enabled:  # strided eval shard, no padding
+            indexed = indexed.subset(range(ctx.rank, len(indexed), ctx.world_size))
+        self.loader = GPUBatchLoader(
+            indexed,
+            batch_size,
+            preset,
+            train=train,
+            device=device,
+            seed=seed,
+            num_replicas=ctx.world_size if train else 1,
+            rank=ctx.rank if train else 0,
+        )
+        self.channels_last = channels_last
+        self.max_steps = max_steps
+
+    def __len__(self) -> int:
+        n = len(self.loader)
+        return min(n, self.max_steps) if self.max_steps else n
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        self.loader.set_epoch(epoch)
+        for step, (images, index) in enumerate(self.loader):
+            if step >= len(self):
+                break
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, self.targets[index], index
+
+
+# --------------------------------------------------------------------------- torch path
+
+
+class _Indexed(Dataset):
+    """``(image, target, index)`` items, so batches can be traced to samples."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int]:
+        image, target = self.dataset[index]
+        return image, target, index
+
+
+class EpochSampler(Sampler[int]):
+    """This rank's strided shard of the epoch's permutation (padded by wrap-around)."""
+
+    def __init__(self, size: int, seed: int, ctx: DistContext, shuffle: bool) -> None:
+        self.size, self.seed, self.ctx, self.shuffle = size, seed, ctx, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.ctx.world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=epoch_generator(self.seed, self.epoch))
+        else:
+            order = torch.arange(self.size)
+        if self.ctx.world_size > 1:
+            padded = len(self) * self.ctx.world_size
+            order = torch.cat([order, order[: padded - self.size]])[
+                self.ctx.rank :: self.ctx.world_size
+            ]
+        return iter(order.tolist())
+
+
+class TorchSource:
+    """A DataLoader rebuilt per epoch with a generator seeded by (seed, epoch, rank)."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        *,
+        train: bool,
+        device: torch.device,
+        seed: int,
+        ctx: DistContext,
+        num_workers: int,
+        channels_last: bool,
+        max_steps: int | None,
+    ) -> None:
+        self.targets = torch.as_tensor(dataset.targets, dtype=torch.long)
+        if not train and ctx.enabled:
+            dataset = torch.utils.data.Subset(
+                dataset, range(ctx.rank, len(dataset), ctx.world_size)
+            )
+            self.targets = self.targets[ctx.rank :: ctx.world_size]
+        self.dataset = _Indexed(dataset)
+        self.sampler = EpochSampler(
+            len(self.dataset), seed, ctx if train else DistContext(), shuffle=train
+        )
+        self.batch_size, self.train, self.device = batch_size, train, device
+        self.seed, self.rank, self.num_workers = seed, ctx.rank, num_workers
+        self.channels_last, self.max_steps = channels_last, max_steps
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        n = n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+        return min(n, self.max_steps) if self.max_steps else n
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        self.sampler.set_epoch(epoch)
+        generator = epoch_generator(self.seed * 1000 + self.rank, epoch)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            drop_last=self.train,
+            num_workers=self.num_workers,
+            worker_init_fn=worker_init_fn,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+        )
+        for step, (images, targets, index) in enumerate(loader):
+            if step >= len(self):
+                break
+            yield (
+                _to_device(images, self.device, self.channels_last),
+                targets.to(self.device),
+                index,
+            )
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def _fixed_inputs(spec: Any) -> bool:
+    """True when the preset's training transform has no randomness."""
+    if not getattr(spec, "fast_path", False):
+        return False
+    return not (spec.rotate or spec.padding or spec.flip)
+
+
+def build_data(cfg: Config, ctx: DistContext, device: torch.device, views: int = 1) -> DataBundle:
+    """Train / val / test batch sources for ``cfg`` on this rank."""
+    d = cfg.data
+    entry = get_dataset_info(d.dataset)
+    preset_name = d.preset or entry.default_preset
+    spec = get_preset(preset_name)
+    if d.batch_size % ctx.world_size:
+        raise ValueError(
+            f"data.batch_size={d.batch_size} is the global batch and must divide evenly over "
+            f"{ctx.world_size} processes"
+        )
+    per_rank = d.batch_size // ctx.world_size
+    use_fast = d.loader == "fast" or (d.loader == "auto" and spec.fast_path and views == 1)
+    if use_fast and (not spec.fast_path or views != 1):
+        why = "is not a fixed-size preset" if not spec.fast_path else "cannot make a second view"
+        raise ValueError(f"data.loader=fast: preset {spec.name!r} {why}; use data.loader=torch")
+    seed = cfg.train.seed
+    cl = cfg.train.channels_last
+    steps = cfg.train.max_steps_per_epoch
+    splits = ["train", "test"] + (["val"] if d.val_fraction > 0 else [])
+    common = dict(val_fraction=d.val_fraction, val_seed=d.val_seed)
+
+    sources: dict[str, Any] = {}
+    if use_fast:
+        size = spec.size if getattr(spec, "resize", False) else None
+        caches = {
+            s: build_uint8_cache(
+                entry.name, d.root, s, size, num_workers=d.num_workers, **common, **d.args
+            )
+            for s in splits
+        }
+        for s in splits:
+            sources[s] = FastSource(
+                caches[s],
+                per_rank if s == "train" else d.eval_batch_size,
+                spec.name,
+                train=s == "train",
+                device=device,
+                seed=seed,
+                ctx=ctx,
+                channels_last=cl,
+                max_steps=steps if s == "train" else None,
+            )
+        sources["train_eval"] = FastSource(
+            caches["train"],
+            d.eval_batch_size,
+            spec.name,
+            train=False,
+            device=device,
+            seed=seed,
+            ctx=DistContext(),
+            channels_last=cl,
+            max_steps=None,
+        )
+        classes = caches["train"].classes
+        train_size = len(caches["train"])
+    else:
+        train_tf = (
+            build_paired_transforms(spec) if views == 2 else build_transforms(spec, train=True)
+        )
+        test_tf = build_transforms(spec, train=False)
+        datasets = {
+            s: load_dataset(
+                entry.name, d.root, s, train_tf if s == "train" else test_tf, **common, **d.args
+            )
+            for s in splits
+        }
+        for s in splits:
+            sources[s] = TorchSource(
+                datasets[s],
+                per_rank if s == "train" else d.eval_batch_size,
+                train=s == "train",
+                device=device,
+                seed=seed,
+                ctx=ctx,
+                num_workers=d.num_workers,
+                channels_last=cl,
+                max_steps=steps if s == "train" else None,
+            )
+        if views == 1 and _fixed_inputs(spec):
+            plain = load_dataset(entry.name, d.root, "train", test_tf, **common, **d.args)
+            sources["train_eval"] = TorchSource(
+                plain,
+                d.eval_batch_size,
+                train=False,
+                device=device,
+                seed=seed,
+                ctx=DistContext(),
+                num_workers=d.num_workers,
+                channels_last=cl,
+                max_steps=None,
+            )
+        classes = datasets["train"].classes
+        train_size = len(datasets["train"])
+    return DataBundle(
+        train=sources["train"],
+        val=sources.get("val"),
+        test=sources["test"],
+        num_classes=len(classes),
+        in_channels=len(spec.mean),
+        train_size=train_size,
+        per_rank_batch=per_rank,
+        fixed_train_inputs=views == 1 and _fixed_inputs(spec),
+        path="fast" if use_fast else "torch",
+        train_eval=sources.get("train_eval"),
+    )

@@ -1,0 +1,165 @@
+"""The run directory: ``runs/<experiment>/seed<k>/`` and everything written into it.
+
+Layout (docs: design.md, "Conventions")::
+
+    config.yaml            the fully resolved config
+    metrics.jsonl          one JSON line per epoch (train terms, LR, val/test metrics)
+    tensorboard/           TensorBoard event files
+    checkpoints/last.pt    atomic, resumable
+    checkpoints/best.pt    weights of the best epoch on the validation split
+    summary.json           versions, git commit, device, wall time, img/s, final/best metrics
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import figkd
+
+SUMMARY = "summary.json"
+
+
+class RunDir:
+    """Paths of one run and the writers for its logs."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.metrics = self.path / "metrics.jsonl"
+        self.tensorboard = self.path / "tensorboard"
+        self.checkpoints = self.path / "checkpoints"
+        self.last = self.checkpoints / "last.pt"
+        self.best = self.checkpoints / "best.pt"
+        self.summary = self.path / SUMMARY
+
+    def create(self) -> None:
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics, "a") as handle:
+            handle.write(json.dumps(_jsonable(record)) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, last_epoch: int) -> None:
+        """Drop records after ``last_epoch`` (written by a run killed before its checkpoint)."""
+        kept = [r for r in self.read_metrics() if int(r.get("epoch", 0)) <= last_epoch]
+        self.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        tmp = self.summary.with_name(f".{SUMMARY}.tmp")
+        tmp.write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+        os.replace(tmp, self.summary)
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN/inf become null (strict JSON); tensors and numpy scalars become numbers."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class TensorBoardLogger:
+    """Scalars to TensorBoard on rank 0; a no-op when TensorBoard is unavailable."""
+
+    def __init__(self, folder: Path, purge_step: int | None = None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # pragma: no cover - tensorboard is a dependency
+            self.writer = None
+            return
+        self.writer = SummaryWriter(str(folder), purge_step=purge_step)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            if value is not None and math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of everything that can change a result."""
+    import numpy
+    import pywt
+
+    try:
+        import torchvision
+
+        tv: str | None = torchvision.__version__
+    except ImportError:  # pragma: no cover
+        tv = None
+    return {
+        "figkd": figkd.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": tv,
+        "numpy": numpy.__version__,
+        "pywavelets": pywt.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": str(torch.backends.cudnn.version())
+        if torch.backends.cudnn.is_available()
+        else None,
+        "platform": platform.platform(),
+    }
+
+
+def git_commit(folder: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """HEAD commit of the figkd source tree and whether it has local changes (None outside git)."""
+    folder = Path(folder) if folder is not None else Path(figkd.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    cpu = platform.processor() or platform.machine()
+    return f"{device} ({cpu}, {torch.get_num_threads()} threads)"
+
+
+def command_line() -> str:
+    return " ".join(sys.argv)

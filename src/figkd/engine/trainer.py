@@ -1,0 +1,569 @@
+"""The training loop: one config, one seed, one run directory.
+
+The paper's recipe is the default (SGD 0.9 / 5e-4, batch 64, 240 epochs, LR
+0.05 or 0.01 for ShuffleNet/MobileNetV2, x0.1 after epochs 150/180/210).  Each
+epoch trains, evaluates (top-1, top-5, CE loss) on the validation split carved
+from train and on the test split, keeps ``best.pt`` by validation top-1, and
+writes ``last.pt`` atomically.  A NaN/inf loss stops the run before the
+optimizer step, naming the step and term, with ``last.pt`` untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import inspect
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from figkd.config import Config, config_to_dict, resolved_lr, save_config
+from figkd.distiller import Distiller, TeacherLogitCache, num_views
+from figkd.engine import distributed as dist_utils
+from figkd.engine.checkpoint import (
+    load_teacher,
+    load_weights_only,
+    model_payload,
+    save_atomic,
+    unwrap,
+)
+from figkd.engine.data import build_data
+from figkd.engine.metrics import SumMeter, topk_correct
+from figkd.engine.optim import build_optimizer, lr_at, set_lr
+from figkd.engine.progress import EpochProgress, epoch_line
+from figkd.engine.run_dir import (
+    RunDir,
+    TensorBoardLogger,
+    command_line,
+    device_description,
+    git_commit,
+    versions,
+)
+from figkd.engine.seeding import get_rng_state, seed_everything, set_deterministic, set_rng_state
+from figkd.losses import LOSSES, build_loss
+from figkd.models import create_model
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {
+    "none": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+#: config keys that may differ when resuming: they change how a run executes, not its result
+RESUME_MAY_CHANGE = (
+    "experiment",
+    "output_dir",
+    "data.root",
+    "data.num_workers",
+    "train.device",
+    "train.progress",
+    "train.log_every",
+    "train.eval_teacher",
+    "train.compile",
+    "train.epochs",
+    "teacher.checkpoint",
+    "train.num_threads",
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf; the message names the epoch, step and term."""
+
+
+class RunExistsError(FileExistsError):
+    """The run directory already holds a run and neither resume nor overwrite was asked for."""
+
+
+@dataclass
+class EpochRecord:
+    """What ``on_epoch_end`` callbacks receive (also one line of metrics.jsonl)."""
+
+    epoch: int
+    epochs: int
+    data: dict[str, Any]
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.update(_flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``amp`` in ("bf16", "fp16"); a no-op for "none"."""
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    source: Any,
+    *,
+    device: torch.device,
+    ctx: dist_utils.DistContext | None = None,
+    amp: str = "none",
+) -> dict[str, float]:
+    """CE loss, top-1 and top-5 (percent) of ``model`` over ``source``, summed over DDP ranks."""
+    ctx = ctx or dist_utils.DistContext()
+    was_training = model.training
+    model.eval()
+    dist_utils.broadcast_buffers(unwrap(model), ctx)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
+    for images, targets, _ in source.epoch(0):
+        with autocast(device, amp):
+            logits = model(images)
+        logits = logits.float()
+        correct = topk_correct(logits, targets, (1, 5))
+        sums += torch.stack(
+            [
+                F.cross_entropy(logits, targets, reduction="sum").double(),
+                correct[1].double(),
+                correct[5].double(),
+                torch.tensor(float(len(targets)), dtype=torch.float64, device=device),
+            ]
+        )
+    dist_utils.all_reduce_sum(sums, ctx)
+    model.train(was_training)
+    loss, top1, top5, n = sums.tolist()
+    if n == 0:
+        raise ValueError("evaluation split is empty")
+    return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
+
+
+def build_method(cfg: Config, device: torch.device) -> nn.Module:
+    """The loss of ``cfg``; ``validate=False`` on CUDA (the trainer checks finiteness itself)."""
+    cls = LOSSES.get(cfg.loss.name)
+    args = dict(cfg.loss.args)
+    if "validate" in inspect.signature(cls.__init__).parameters and "validate" not in args:
+        args["validate"] = device.type != "cuda"
+    return build_loss(cfg.loss.name, **args)
+
+
+class Trainer:
+    """Runs ``cfg`` into ``run_dir``; ``fit()`` returns the summary dict.
+
+    Args:
+        cfg: the resolved config (``cfg.train.seed`` is this run's seed).
+        run_dir: ``runs/<experiment>/seed<k>``.
+        resume: continue from ``checkpoints/last.pt`` if present.
+        overwrite: delete an existing run in ``run_dir`` first.
+        loss: a ready loss module instead of ``cfg.loss`` (custom methods, tests).
+        on_epoch_end: called on rank 0 with each epoch's record.
+        prefix: shown before progress lines (e.g. ``"kd seed1 "``).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        loss: nn.Module | None = None,
+        on_epoch_end: Callable[[EpochRecord], None] | None = None,
+        prefix: str = "",
+    ) -> None:
+        self.cfg = cfg
+        self.dir = RunDir(run_dir)
+        self.resume = resume
+        self.overwrite = overwrite
+        self.custom_loss = loss
+        self.on_epoch_end = on_epoch_end
+        self.prefix = prefix
+        self.ctx = dist_utils.env_context()
+
+    # ------------------------------------------------------------------ setup
+
+    def _prepare_dir(self) -> dict[str, Any] | None:
+        """Check the run directory; return the checkpoint to resume from, if any.
+
+        Rank 0 decides (what it sees is broadcast), so every rank takes the same branch.
+        """
+        exists = self.dir.last.exists() or self.dir.summary.exists()
+        exists = bool(dist_utils.broadcast_object(exists, self.ctx))
+        if exists and self.overwrite:
+            if self.ctx.is_main:
+                shutil.rmtree(self.dir.path)
+            dist_utils.barrier(self.ctx)
+        elif exists and not self.resume:
+            raise RunExistsError(
+                f"{self.dir.path} already holds a run; pass --resume to continue it, "
+                "--overwrite to start again, or choose another experiment name"
+            )
+        if self.resume and self.dir.last.exists():
+            return load_weights_only(self.dir.last, map_location="cpu")
+        return None
+
+    def _check_resume_config(self, saved: dict[str, Any]) -> None:
+        now = _flatten(config_to_dict(self.cfg))
+        before = _flatten(saved)
+        changed = sorted(
+            k
+            for k in set(now) | set(before)
+            if now.get(k) != before.get(k) and not k.startswith(RESUME_MAY_CHANGE)
+        )
+        if changed:
+            shown = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"cannot resume {self.dir.path}: the config differs from the run's in {shown}. "
+                "Resume with the original config, or start a new run"
+            )
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, model: nn.Module, source: Any) -> dict[str, float]:
+        return evaluate_model(
+            model, source, device=self.device, ctx=self.ctx, amp=self.cfg.train.amp
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.cfg.train.amp)
+
+    # ------------------------------------------------------------------ training
+
+    def _check_finite(
+        self,
+        total: torch.Tensor,
+        terms: dict[str, torch.Tensor],
+        epoch: int,
+        step: int,
+        global_step: int,
+    ) -> None:
+        local_ok = torch.isfinite(total.detach()).all().reshape(1).float()
+        all_ok = local_ok.clone()
+        if self.ctx.enabled:  # every rank must stop together, or the others hang
+            dist_utils.all_reduce_sum(all_ok, self.ctx)
+            all_ok = (all_ok >= self.ctx.world_size).float()
+        if bool(all_ok.item()):
+            return
+        bad = [
+            f"{name}={value.item()}"
+            for name, value in terms.items()
+            if not bool(torch.isfinite(value.detach()).all())
+        ]
+        if bad:
+            named = "term " + ", ".join(bad)
+        elif bool(local_ok.item()):
+            named = "on another rank (its log names the term)"
+        else:
+            named = f"total={total.item()} (every term is finite; their sum overflowed)"
+        last_good = epoch - 1
+        kept = (
+            f"{self.dir.last} (epoch {last_good}) is intact"
+            if last_good > 0
+            else "no checkpoint had been written yet"
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch}, step {step} (global step {global_step}): "
+            f"{named}. The optimizer step was skipped and {kept}. Lower optim.lr, "
+            "use train.amp=none, or inspect the data; then --resume from the last checkpoint"
+        )
+
+    def fit(self) -> dict[str, Any]:
+        """Train (or continue) the run; returns the summary written to summary.json."""
+        threads = torch.get_num_threads()
+        if self.cfg.train.num_threads is not None:
+            torch.set_num_threads(self.cfg.train.num_threads)
+        try:
+            return self._fit()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self) -> dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        session_start = time.perf_counter()
+        self.device = dist_utils.resolve_device(cfg.train.device, ctx)
+        dist_utils.init_process_group(ctx, self.device)
+        checkpoint = self._prepare_dir()
+        if (
+            self.resume
+            and self.dir.summary.exists()
+            and (checkpoint is None or int(checkpoint["epoch"]) >= cfg.train.epochs)
+        ):
+            if checkpoint is not None:
+                self._check_resume_config(checkpoint["config"])
+            return _read_json(self.dir.summary)  # already finished
+        if checkpoint is not None:
+            self._check_resume_config(checkpoint["config"])
+
+        set_deterministic(cfg.train.deterministic)
+        seed_everything(cfg.train.seed)
+        self._build()
+        state = self._restore(checkpoint) if checkpoint is not None else RunState()
+        if ctx.is_main:
+            self.dir.create()
+            save_config(cfg, self.dir.config)
+        if self.teacher is not None and cfg.train.eval_teacher and state.teacher_eval is None:
+            state.teacher_eval = self.evaluate(self.teacher, self.data.test)
+
+        tb = (
+            TensorBoardLogger(self.dir.tensorboard, purge_step=state.epoch + 1)
+            if ctx.is_main
+            else None
+        )
+        record: dict[str, Any] = {}
+        try:
+            for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
+                epoch_start = time.perf_counter()
+                record = self._train_epoch(epoch, state)
+                train_s = time.perf_counter() - epoch_start
+                state.train_time_s += train_s
+                record["img_per_s"] = record.pop("images") / max(train_s, 1e-9)  # training only
+                if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
+                    if self.data.val is not None:
+                        record["val"] = self.evaluate(self.eval_model, self.data.val)
+                    record["test"] = self.evaluate(self.eval_model, self.data.test)
+                record["time_s"] = time.perf_counter() - epoch_start
+                state.elapsed_s += time.perf_counter() - session_start
+                session_start = time.perf_counter()
+                self._end_epoch(record, state, tb)
+        finally:
+            if tb is not None:
+                tb.close()
+        state.elapsed_s += time.perf_counter() - session_start
+        return self._finish(state, record)
+
+    # ------------------------------------------------------------------ pieces of fit
+
+    def _build(self) -> None:
+        """Loss, data, student, teacher, optimizer, scaler, distiller and teacher cache."""
+        cfg, ctx, device = self.cfg, self.ctx, self.device
+        loss = self.custom_loss if self.custom_loss is not None else build_method(cfg, device)
+        self.data = data = build_data(cfg, ctx, device, num_views(loss))
+        student = create_model(
+            cfg.model.name,
+            num_classes=data.num_classes,
+            in_channels=data.in_channels,
+            **cfg.model.args,
+        )
+        self.teacher, self.teacher_record = None, None
+        if getattr(loss, "needs_teacher", True):
+            if cfg.teacher.name is None or cfg.teacher.checkpoint is None:
+                raise ValueError(
+                    f"loss {cfg.loss.name!r} needs a teacher: set teacher.name and "
+                    "teacher.checkpoint (a file written by `figkd train`, or a state dict)"
+                )
+            self.teacher, self.teacher_record = load_teacher(
+                cfg.teacher.name,
+                cfg.teacher.checkpoint,
+                data.num_classes,
+                in_channels=data.in_channels,
+                args=cfg.teacher.args,
+                sha256=cfg.teacher.sha256,
+            )
+        memory = torch.channels_last if cfg.train.channels_last else torch.preserve_format
+        student.to(device, memory_format=memory)
+        if self.teacher is not None:
+            self.teacher.to(device, memory_format=memory)
+        loss.to(device)
+        self.student, self.loss = student, loss
+        self.optimizer = build_optimizer(
+            [*student.parameters(), *loss.parameters()], cfg, resolved_lr(cfg)
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+
+        model = dist_utils.wrap_ddp(student, ctx, device, cfg.train.sync_bn)
+        self.eval_model: nn.Module = student
+        if cfg.train.compile:
+            model, self.eval_model = torch.compile(model), torch.compile(student)
+            if self.teacher is not None:
+                self.teacher = torch.compile(self.teacher)
+        self.distiller = Distiller(model, loss, self.teacher)
+
+        self.cache: TeacherLogitCache | None = None
+        if cfg.teacher.cache_logits and self.teacher is not None:
+            if not data.fixed_train_inputs or data.train_eval is None:
+                raise ValueError(
+                    "teacher.cache_logits needs training images without random augmentation "
+                    f"(the preset of {cfg.data.dataset!r} augments); set teacher.cache_logits=false"
+                )
+            batches = ((x, i) for x, _, i in data.train_eval.epoch(0))
+            with self.autocast():
+                self.cache = TeacherLogitCache.compute(
+                    self.teacher, batches, data.train_size, device
+                )
+
+    def _restore(self, checkpoint: dict[str, Any]) -> RunState:
+        """Weights, optimizer, scaler and RNG from ``last.pt``; metrics after it are dropped."""
+        state = RunState(**checkpoint["state"])
+        if self.teacher_record is not None and state.teacher_sha256 not in (
+            None,
+            self.teacher_record["sha256"],
+        ):
+            raise ValueError(
+                f"cannot resume {self.dir.path}: the teacher file "
+                f"{self.teacher_record['checkpoint']} (SHA-256 {self.teacher_record['sha256']}) "
+                "is not the one the run started with "
+                f"({state.teacher_sha256})"
+            )
+        self.student.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        set_rng_state(checkpoint["rng"])
+        state.resumed += 1
+        if self.ctx.is_main:
+            self.dir.truncate_metrics(state.epoch)
+        return state
+
+    def _train_epoch(self, epoch: int, state: RunState) -> dict[str, Any]:
+        """One pass over the training data; returns the epoch's record (LR, mean terms, top-1)."""
+        cfg = self.cfg
+        lr = lr_at(epoch, cfg, resolved_lr(cfg))
+        set_lr(self.optimizer, lr)
+        self.distiller.train()
+        meter = SumMeter()
+        progress = EpochProgress(
+            cfg.train.progress if self.ctx.is_main else "none",
+            len(self.data.train),
+            epoch,
+            cfg.train.epochs,
+            cfg.train.log_every,
+            self.prefix,
+        )
+        for step, (images, targets, index) in enumerate(self.data.train.epoch(epoch), 1):
+            state.global_step += 1
+            cached = self.cache(index) if self.cache is not None else None
+            with self.autocast():
+                logits, terms = self.distiller(images, targets, teacher_logits=cached, epoch=epoch)
+            total = sum(terms.values())
+            self._check_finite(total, terms, epoch, step, state.global_step)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            meter.add({"loss": total, **terms}, len(targets))
+            meter.add_sums({"top1": topk_correct(logits.detach().float(), targets, (1,))[1]}, 0)
+            progress.update(float(total.detach()) if progress.needs_loss() else None)
+        progress.close()
+        keys, vector = meter.state()
+        dist_utils.all_reduce_sum(vector, self.ctx)
+        train = SumMeter.means_from(keys, vector)
+        train["top1"] *= 100.0
+        seen = int(vector[-1].item())
+        state.train_images += seen
+        return {"epoch": epoch, "lr": lr, "train": train, "images": seen}
+
+    def _end_epoch(
+        self, record: dict[str, Any], state: RunState, tb: TensorBoardLogger | None
+    ) -> None:
+        """Log the epoch, keep best.pt on validation top-1, write last.pt atomically."""
+        cfg, epoch = self.cfg, record["epoch"]
+        improved = "val" in record and (
+            state.best is None or record["val"]["top1"] > state.best["val"]["top1"]
+        )
+        if improved:
+            state.best = {"epoch": epoch, "val": record["val"], "test": record["test"]}
+        state.epoch = epoch
+        if self.teacher_record is not None:
+            state.teacher_sha256 = self.teacher_record["sha256"]
+        if self.ctx.is_main:
+            self.dir.append_metrics(record)
+            assert tb is not None
+            tb.scalars({k: v for k, v in _flatten(record).items() if k != "epoch"}, epoch)
+            resolved = config_to_dict(cfg)
+            if improved:
+                save_atomic(
+                    model_payload(self.student, epoch=epoch, val=record["val"], config=resolved),
+                    self.dir.best,
+                )
+            save_atomic(
+                model_payload(
+                    self.student,
+                    epoch=epoch,
+                    optimizer=self.optimizer.state_dict(),
+                    scaler=self.scaler.state_dict(),
+                    rng=get_rng_state(),
+                    state=dataclasses.asdict(state),
+                    config=resolved,
+                ),
+                self.dir.last,
+            )
+            if cfg.train.progress != "none":
+                print(epoch_line(self.prefix, epoch, cfg.train.epochs, record), flush=True)
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(EpochRecord(epoch, cfg.train.epochs, record))
+        dist_utils.barrier(self.ctx)
+
+    def _finish(self, state: RunState, record: dict[str, Any]) -> dict[str, Any]:
+        """Write summary.json (rank 0) and return it."""
+        cfg, device = self.cfg, self.device
+        teacher = (
+            None
+            if self.teacher_record is None
+            else {**self.teacher_record, "test": state.teacher_eval}
+        )
+        summary = {
+            "experiment": cfg.experiment,
+            "seed": cfg.train.seed,
+            "status": "finished",
+            "run_dir": str(self.dir.path),
+            "method": cfg.loss.name,
+            "model": cfg.model.name,
+            "dataset": cfg.data.dataset,
+            "epochs": cfg.train.epochs,
+            "teacher": teacher,
+            "final": _final(self.dir, record),
+            "best": state.best,
+            "paper": config_to_dict(cfg)["paper"],
+            "lr": resolved_lr(cfg),
+            "train_img_per_s": state.train_images / max(state.train_time_s, 1e-9),
+            "wall_time_s": state.elapsed_s,
+            "resumed": state.resumed,
+            "world_size": self.ctx.world_size,
+            "device": device_description(device),
+            "amp": cfg.train.amp,
+            "deterministic": cfg.train.deterministic,
+            "data_path": self.data.path,
+            "versions": versions(),
+            "git": git_commit(),
+            "command": command_line(),
+            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        if self.ctx.is_main:
+            self.dir.write_summary(summary)
+        dist_utils.barrier(self.ctx)
+        return summary
+
+
+@dataclass
+class RunState:
+    """Progress that ``last.pt`` carries besides weights, optimizer and RNG states."""
+
+    epoch: int = 0  # last completed epoch
+    global_step: int = 0
+    elapsed_s: float = 0.0
+    train_time_s: float = 0.0
+    train_images: int = 0
+    best: dict[str, Any] | None = None
+    teacher_eval: dict[str, float] | None = None
+    teacher_sha256: str | None = None
+    resumed: int = 0
+
+
+def _final(run_dir: RunDir, record: dict[str, Any]) -> dict[str, Any]:
+    """The last epoch's metrics (from this session, or metrics.jsonl if nothing ran now)."""
+    if not record:
+        records = run_dir.read_metrics()
+        record = records[-1] if records else {}
+    return {k: record[k] for k in ("epoch", "train", "val", "test") if k in record}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())

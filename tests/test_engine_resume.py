@@ -1,0 +1,133 @@
+"""Resume: a run killed mid-epoch and resumed from last.pt ends bit-identical to a whole one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from figkd.config import Config, config_from_dict
+from figkd.engine import Trainer, load_weights_only
+from figkd.losses import CELoss
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL: raised from inside a training step."""
+
+
+class KillableCE(CELoss):
+    """Plain CE that can raise at a chosen (epoch, call within the epoch)."""
+
+    def __init__(self, kill_at: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.kill_at = kill_at
+        self.calls: dict[int, int] = {}
+
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, **context: Any
+    ) -> dict[str, Tensor]:
+        epoch = context["epoch"]
+        self.calls[epoch] = self.calls.get(epoch, 0) + 1
+        if self.kill_at == (epoch, self.calls[epoch]):
+            raise Killed(f"killed at epoch {epoch}, step {self.calls[epoch]}")
+        return super().forward(student_logits, teacher_logits, targets, **context)
+
+
+def digits_config(out: Path, name: str, **train: Any) -> Config:
+    return config_from_dict(
+        {
+            "experiment": name,
+            "output_dir": str(out),
+            "model": {"name": "tiny_cnn", "args": {"width": 8}},
+            "data": {"dataset": "digits", "num_workers": 0},
+            "schedule": {"milestones": [3]},
+            "train": {
+                "epochs": 4,
+                "device": "cpu",
+                "num_threads": 1,
+                "progress": "none",
+                "deterministic": True,
+                **train,
+            },
+        }
+    )
+
+
+def test_resumed_run_is_bit_identical(tmp_path: Path) -> None:
+    full = Trainer(digits_config(tmp_path, "full"), tmp_path / "full", loss=KillableCE()).fit()
+
+    run = tmp_path / "killed"
+    with pytest.raises(Killed):
+        Trainer(digits_config(tmp_path, "killed"), run, loss=KillableCE(kill_at=(3, 7))).fit()
+    interrupted = load_weights_only(run / "checkpoints/last.pt")
+    assert interrupted["epoch"] == 2
+    assert not (run / "summary.json").exists()
+
+    resumed = Trainer(digits_config(tmp_path, "killed"), run, resume=True, loss=KillableCE()).fit()
+    a = load_weights_only(tmp_path / "full/checkpoints/last.pt")
+    b = load_weights_only(run / "checkpoints/last.pt")
+    assert a["epoch"] == b["epoch"] == 4
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for sa, sb in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+    ):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert resumed["resumed"] == 1 and full["resumed"] == 0
+    assert resumed["final"] == full["final"]
+    assert resumed["best"] == full["best"]
+    epochs = [
+        json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_resume_refuses_a_changed_config(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        Trainer(digits_config(tmp_path, "run"), run, loss=KillableCE(kill_at=(2, 1))).fit()
+    changed = digits_config(tmp_path, "run")
+    changed.optim.lr = 0.2
+    with pytest.raises(ValueError, match=r"optim.lr: None -> 0.2"):
+        Trainer(changed, run, resume=True, loss=KillableCE()).fit()
+    # run-time switches may change
+    relaxed = digits_config(tmp_path, "run", epochs=2, log_every=7)
+    assert Trainer(relaxed, run, resume=True, loss=KillableCE()).fit()["final"]["epoch"] == 2
+
+
+def test_resume_refuses_a_different_teacher_file(tmp_path: Path) -> None:
+    from figkd.engine import model_payload, save_atomic
+    from figkd.losses import KDLoss
+    from figkd.models import create_model
+
+    teacher = tmp_path / "teacher.pt"
+    save_atomic(
+        model_payload(create_model("tiny_cnn", num_classes=10, in_channels=1, width=4)), teacher
+    )
+
+    class KillableKD(KDLoss):
+        def forward(self, *args: Any, **context: Any) -> dict[str, Tensor]:
+            if context["epoch"] == 2:
+                raise Killed("killed")
+            return super().forward(*args, **context)
+
+    cfg = digits_config(tmp_path, "kd")
+    cfg.loss.name = "kd"
+    cfg.teacher.name, cfg.teacher.args, cfg.teacher.checkpoint = (
+        "tiny_cnn",
+        {"width": 4},
+        str(teacher),
+    )
+    with pytest.raises(Killed):
+        Trainer(cfg, tmp_path / "kd", loss=KillableKD()).fit()
+    torch.manual_seed(123)  # a different teacher with the same architecture
+    save_atomic(
+        model_payload(create_model("tiny_cnn", num_classes=10, in_channels=1, width=4)), teacher
+    )
+    with pytest.raises(ValueError, match="is not the one the run started with"):
+        Trainer(cfg, tmp_path / "kd", resume=True).fit()
