@@ -15,6 +15,21 @@ from figkd.losses.kd import KDLoss, kd_divergence
 from figkd.losses.mlkd import MLKDLoss
 from figkd.losses.standardize import standardize_logits
 
+
+def _import_all_methods() -> None:
+    """Import every module of this package so each ``@register_loss`` runs.
+
+    New methods only add a module; this file and the trainer stay untouched.
+    """
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.walk_packages(__path__, prefix=f"{__name__}."):
+        importlib.import_module(info.name)
+
+
+_import_all_methods()
+
 __all__ = [
     "LOSSES",
     "DistillationLoss",

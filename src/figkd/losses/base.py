@@ -54,6 +54,31 @@ class DistillationLoss(nn.Module):
 
     term_names: ClassVar[tuple[str, ...]] = ()
     needs_teacher: ClassVar[bool] = True
+    #: 2 for methods that score a weak and a strong view of each image (MLKD)
+    num_views: ClassVar[int] = 1
+    #: True: the distiller runs ``forward_features`` on both networks and passes
+    #: ``student_features=`` and ``teacher_features=`` (``figkd.models.Features``)
+    needs_features: ClassVar[bool] = False
+    #: True: the distiller passes ``index=`` (dataset indices of the batch; CRD's memory bank)
+    needs_sample_index: ClassVar[bool] = False
+    #: True: the distiller passes ``images=`` (the student's input batch; DML's peer)
+    needs_images: ClassVar[bool] = False
+
+    def setup(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        *,
+        example_input: Tensor,
+        num_train_samples: int,
+    ) -> None:
+        """Create modules whose shapes depend on the networks (connectors, memory banks).
+
+        Called once by the engine after both networks are on their device and
+        before the optimizer is built, so parameters created here are trained
+        with the student and saved in checkpoints.  Logit-only methods need
+        nothing, hence the no-op default.
+        """
 
     def forward(  # noqa: D102 - documented on the class
         self,
