@@ -43,3 +43,18 @@ def test_unknown_option_is_still_rejected(capsys: pytest.CaptureFixture[str]) ->
         main(["train", "--no-such-flag", "--print-config"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["figkd", "figkd.cli"])
+def test_python_dash_m_runs_the_cli(module: str) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", module, "train", "train.epochs=3", "--print-config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "epochs: 3" in result.stdout

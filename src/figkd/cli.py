@@ -94,4 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run through the imported module: as ``__main__`` this file's Command class would differ
+    # from the one the command modules import, and no command would be found.
+    from figkd.cli import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,934 @@
+"""FiGKD against the baselines on real images, over seeds, by one command (``figkd study``).
+
+A *tier* fixes the data, the teacher -> student pairs, the schedule and the seeds:
+
+- ``smoke``: 2 CPU cores, minutes. The real Tiny-ImageNet-100 subset at 32x32, cut to a few
+  images per class (a folder of symlinks), a ResNet8 teacher and a ``tiny_cnn`` student,
+  6 epochs. It proves the study works end to end; its accuracies are not evidence.
+- ``short``: a GPU. The paper's recipe with the schedule scaled to 60 epochs (milestones
+  150/180/210 of 240 -> 37/45/52, see :func:`scale_milestones`), all 500 images per class at
+  32x32, ResNet32x4 -> ResNet8x4.
+- ``paper``: a GPU. The full 240-epoch recipe, ResNet32x4 -> ResNet8x4 and VGG13 -> VGG8.
+
+For every pair the study trains the teacher once (or reuses it: the teacher's run folder is
+named by a checksum of its result-relevant config, and its checkpoint's SHA-256 is pinned in
+every student config, so a changed teacher can never be mixed into a resumed student), then
+the students: CE, KD, DKD, DIST, MLKD (two views: the data layer gives weak + strong views
+because the loss declares ``num_views = 2``), KD with logit standardization and FiGKD, plus
+any FiGKD ablations asked for, over the tier's seeds.  Every run is an ordinary engine run
+(``runs/<...>/<pair>/<method>/seed<k>``, resumable with the engine's ``--resume``); the study
+only writes configs, launches them (in this process, or ``parallel`` subprocesses of
+``figkd train|distill <config> --seeds k --resume``) and aggregates their ``summary.json``.
+A second invocation skips finished runs and resumes killed ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from figkd.config import (
+    Config,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+    validate_config,
+)
+from figkd.engine.report import aggregate, find_summaries, mean_std, write_report
+
+#: the paper's recipe: 240 epochs, LR x0.1 after epochs 150, 180 and 210
+PAPER_EPOCHS = 240
+PAPER_MILESTONES = (150, 180, 210)
+#: DKD's warm-up (mdistiller: 20 of 240 epochs), scaled with the schedule
+DKD_WARMUP_EPOCHS = 20
+
+
+def scale_milestones(
+    epochs: int,
+    base: Sequence[int] = PAPER_MILESTONES,
+    base_epochs: int = PAPER_EPOCHS,
+) -> list[int]:
+    """The paper's milestones scaled to ``epochs``, rounded *down*.
+
+    The engine multiplies the LR by gamma for every epoch ``e > milestone``.  For a
+    fractional milestone ``x`` and whole epochs, ``e > x`` holds exactly when
+    ``e > floor(x)``, so flooring keeps the scaled schedule's meaning exactly: at 60 epochs
+    150/180/210 scale to 37.5/45/52.5, and the LR drops from epoch 38, 46 and 53 on
+    (``[37, 45, 52]``).  Milestones below 1 become 1.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    return [max(1, math.floor(m * epochs / base_epochs)) for m in base]
+
+
+def scale_warmup(epochs: int, warmup: int = DKD_WARMUP_EPOCHS) -> int:
+    """DKD's warm-up scaled like the schedule (rounded up, at least 1): 60 -> 5, 240 -> 20."""
+    return max(1, math.ceil(warmup * epochs / PAPER_EPOCHS))
+
+
+# --------------------------------------------------------------------------- what runs
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A teacher -> student pair; ``name`` is the folder of its runs."""
+
+    teacher: str
+    student: str
+    teacher_args: dict[str, Any] = field(default_factory=dict)
+    student_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{_model_label(self.teacher, self.teacher_args, '-')}_" + _model_label(
+            self.student, self.student_args, "-"
+        )
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{_model_label(self.teacher, self.teacher_args)} → "
+            f"{_model_label(self.student, self.student_args)}"
+        )
+
+
+def _model_label(name: str, args: dict[str, Any], sep: str = " ") -> str:
+    extra = "".join(f"{sep}{k[0]}{v}" for k, v in sorted(args.items()))
+    return f"{name}{extra}"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One student row: a registered loss with options."""
+
+    name: str  # experiment folder
+    label: str  # shown in the table
+    loss: str
+    args: dict[str, Any] = field(default_factory=dict)
+    group: str = "main"  # "main" or the ablation it belongs to
+
+
+def main_methods(epochs: int) -> list[Method]:
+    """CE, KD, DKD, DIST, MLKD, KD + logit standardization, FiGKD (defaults of each loss)."""
+    return [
+        Method("ce", "CE", "ce"),
+        Method("kd", "KD", "kd"),
+        Method("dkd", "DKD", "dkd", {"warmup_epochs": scale_warmup(epochs)}),
+        Method("dist", "DIST", "dist"),
+        Method("mlkd", "MLKD", "mlkd"),
+        Method("kd_ls", "KD + LS", "kd", {"standardize": True}),
+        Method("figkd", "FiGKD", "figkd"),
+    ]
+
+
+#: FiGKD ablations (options of the ``figkd`` loss); the default row is the main FiGKD run
+ABLATIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "bands": [("low", {"bands": "low"}), ("both", {"bands": "both"})],
+    "level": [("2", {"level": 2}), ("3", {"level": 3})],
+    "transform": [("1d", {"transform": "1d"})],
+    "noise": [(f"{s:g}", {"noise_std": s}) for s in (0.05, 0.1, 0.2, 0.5)],
+    "wavelet": [("db2", {"wavelet": "db2"}), ("bior1.3", {"wavelet": "bior1.3"})],
+    "beta": [(f"{b:g}", {"beta": b}) for b in (0.5, 1.0, 4.0, 8.0)],
+}
+#: what the main FiGKD run uses for each ablated option (the reference row)
+ABLATION_DEFAULTS = {
+    "bands": "high",
+    "level": "1",
+    "transform": "2d",
+    "noise": "0",
+    "wavelet": "haar",
+    "beta": "2",
+}
+
+
+def ablation_methods(groups: Iterable[str]) -> list[Method]:
+    groups = list(groups)
+    if "all" in groups:
+        groups = list(ABLATIONS)
+    methods = []
+    for group in groups:
+        if group not in ABLATIONS:
+            raise ValueError(
+                f"unknown ablation {group!r}; choose from {', '.join(ABLATIONS)} or all"
+            )
+        for value, args in ABLATIONS[group]:
+            methods.append(
+                Method(f"figkd_{group}-{value}", f"FiGKD {group}={value}", "figkd", args, group)
+            )
+    return methods
+
+
+@dataclass(frozen=True)
+class Tier:
+    """Data, pairs, schedule and seeds of one study size."""
+
+    name: str
+    description: str
+    pairs: tuple[Pair, ...]
+    epochs: int
+    teacher_epochs: int
+    seeds: tuple[int, ...] = (0, 1, 2)
+    dataset: str = "tiny-imagenet"
+    preset: str = "tiny-imagenet-32"
+    train_per_class: int | None = None  # None: every training image
+    test_per_class: int | None = None
+    val_fraction: float = 0.1
+    batch_size: int = 64
+    num_workers: int = 4  # DataLoader workers (MLKD's two views; the fast path needs none)
+    parallel: int = 1
+    threads: int | None = None  # CPU threads per run (None: cores / parallel)
+    gpu: bool = False  # written for a GPU (a warning is printed without one)
+
+    @property
+    def milestones(self) -> list[int]:
+        return scale_milestones(self.epochs)
+
+    @property
+    def teacher_milestones(self) -> list[int]:
+        return scale_milestones(self.teacher_epochs)
+
+
+TIERS: dict[str, Tier] = {
+    "smoke": Tier(
+        name="smoke",
+        description=(
+            "2 CPU cores, minutes: 24 train + 10 test images per class of the 100 classes, "
+            "32x32, resnet8 -> tiny_cnn (width 16), 6 epochs (teacher 10); proves the pipeline"
+        ),
+        pairs=(Pair("resnet8", "tiny_cnn", {}, {"width": 16}),),
+        epochs=6,
+        teacher_epochs=10,
+        train_per_class=24,
+        test_per_class=10,
+        num_workers=0,
+        threads=1,  # shared 2-core CPUs: one thread per run is fastest and steadiest
+    ),
+    "short": Tier(
+        name="short",
+        description=(
+            "GPU: paper recipe scaled to 60 epochs (milestones 37/45/52), 500 train + 50 test "
+            "images per class, 32x32, resnet32x4 -> resnet8x4"
+        ),
+        pairs=(Pair("resnet32x4", "resnet8x4"),),
+        epochs=60,
+        teacher_epochs=60,
+        parallel=4,
+        gpu=True,
+    ),
+    "paper": Tier(
+        name="paper",
+        description=(
+            "GPU: the paper's 240-epoch recipe (milestones 150/180/210), 500 train + 50 test "
+            "images per class, 32x32, resnet32x4 -> resnet8x4 and vgg13 -> vgg8"
+        ),
+        pairs=(Pair("resnet32x4", "resnet8x4"), Pair("vgg13", "vgg8")),
+        epochs=240,
+        teacher_epochs=240,
+        parallel=4,
+        gpu=True,
+    ),
+}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def locate_tiny_imagenet(root: str | os.PathLike[str] | None, cache_dir: Path) -> Path:
+    """The Tiny-ImageNet folder: ``root`` (a folder, its parent, or a ``.tar`` unpacked once
+    into ``cache_dir``), else ``$FIGKD_DATA``/``./data``, else the 100-class subset in
+    ``./.cache`` or ``../shared/data`` (folder or tar)."""
+    from figkd.data import extract_tiny_imagenet_tar, resolve_root
+
+    if root is not None:
+        path = Path(root).expanduser()
+        if path.is_file() and path.name.endswith(".tar"):
+            return extract_tiny_imagenet_tar(path, cache_dir)
+        return resolve_root("tiny-imagenet", path)
+    try:
+        return resolve_root("tiny-imagenet")
+    except FileNotFoundError as error:
+        fallback = error
+    for base in (Path(".cache"), Path("..") / "shared" / "data"):
+        folder = base / "tiny-imagenet-100a"
+        if (folder / "wnids.txt").is_file():
+            return folder.resolve()
+        tar = base / "tiny-imagenet-100a.tar"
+        if tar.is_file():
+            return extract_tiny_imagenet_tar(tar, cache_dir)
+    raise fallback
+
+
+def make_subset(
+    source: Path, dest_parent: Path, train_per_class: int | None, test_per_class: int | None
+) -> Path:
+    """A Tiny-ImageNet folder of symlinks holding the first ``train_per_class`` training
+    images of each class (sorted file names) and the first ``test_per_class`` labelled val
+    images of each class (annotation order).  Built once; ``None`` keeps every image."""
+    if train_per_class is None and test_per_class is None:
+        return source
+    tag = f"{source.name}-train{train_per_class or 'all'}-test{test_per_class or 'all'}"
+    folder = dest_parent / tag
+    marker = folder / ".figkd-complete"
+    recipe = {"source": str(source.resolve()), "train": train_per_class, "test": test_per_class}
+    if marker.is_file() and json.loads(marker.read_text()) == recipe:
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for name in ("wnids.txt", "words.txt"):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / name)
+    wnids = sorted(set((source / "wnids.txt").read_text().split()))
+    for wnid in wnids:
+        images = source / "train" / wnid / "images"
+        names = sorted(n for n in os.listdir(images) if not n.startswith("."))
+        if train_per_class is not None:
+            names = names[:train_per_class]
+        out = folder / "train" / wnid / "images"
+        out.mkdir(parents=True)
+        for name in names:
+            os.symlink((images / name).resolve(), out / name)
+    lines = (source / "val" / "val_annotations.txt").read_text().splitlines()
+    kept, count = [], dict.fromkeys(wnids, 0)
+    for line in lines:
+        parts = line.split("\t")
+        if len(parts) < 2 or parts[1] not in count:
+            continue
+        if test_per_class is None or count[parts[1]] < test_per_class:
+            count[parts[1]] += 1
+            kept.append(line)
+    (folder / "val" / "images").mkdir(parents=True)
+    for line in kept:
+        name = line.split("\t")[0]
+        os.symlink((source / "val" / "images" / name).resolve(), folder / "val" / "images" / name)
+    (folder / "val" / "val_annotations.txt").write_text("".join(f"{x}\n" for x in kept))
+    marker.write_text(json.dumps(recipe))
+    return folder
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Job:
+    """One engine run: a config file and a seed."""
+
+    kind: str  # "train" (teacher, CE) or "distill"
+    config: Config
+    config_path: Path
+    seed: int
+    pair: Pair
+    method: Method | None  # None for the teacher
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.output_dir) / str(self.config.experiment) / f"seed{self.seed}"
+
+    @property
+    def label(self) -> str:
+        who = self.method.name if self.method is not None else "teacher"
+        return f"{self.pair.name}/{who} seed{self.seed}"
+
+
+@dataclass
+class Study:
+    """Everything one invocation does; built by :func:`plan_study`."""
+
+    tier: Tier
+    out: Path  # <out>/<tier>
+    data_root: Path
+    methods: list[Method]
+    seeds: list[int]
+    device: str
+    amp: str
+    parallel: int
+    threads: int | None
+    overrides: list[str]
+    teachers: dict[str, Job] = field(default_factory=dict)  # pair name -> teacher job
+
+    def teacher_checkpoint(self, pair: Pair) -> Path:
+        return self.teachers[pair.name].run_dir / "checkpoints" / "last.pt"
+
+
+#: config keys that say how a run executes, not what it computes (left out of the teacher key)
+_EXECUTION_KEYS = (
+    "experiment",
+    "output_dir",
+    "data.root",
+    "data.num_workers",
+    "train.device",
+    "train.progress",
+    "train.log_every",
+    "train.num_threads",
+    "train.eval_teacher",
+    "train.compile",
+)
+
+
+def config_key(cfg: Config, data_key: str) -> str:
+    """12 hex digits of SHA-256 over what determines the trained weights, plus the data.
+
+    Only values that differ from :class:`Config`'s defaults count, so a config key added to
+    figkd later (at its default) does not orphan the teachers trained before it.
+    """
+    flat = _flatten(config_to_dict(cfg))
+    default = _flatten(config_to_dict(Config()))
+    kept = {
+        k: v
+        for k, v in flat.items()
+        if not k.startswith(_EXECUTION_KEYS) and (k not in default or default[k] != v)
+    }
+    text = json.dumps({"config": kept, "data": data_key}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def _base_config(study: Study, *, model: str, args: dict[str, Any], epochs: int) -> dict:
+    tier = study.tier
+    return {
+        "output_dir": str(study.out),
+        "model": {"name": model, "args": dict(args)},
+        "data": {
+            "dataset": tier.dataset,
+            "root": str(study.data_root),
+            "preset": tier.preset,
+            "val_fraction": tier.val_fraction,
+            "batch_size": tier.batch_size,
+            "num_workers": tier.num_workers,
+        },
+        "schedule": {"milestones": scale_milestones(epochs)},
+        "train": {
+            "epochs": epochs,
+            "device": study.device,
+            "amp": study.amp,
+            "progress": "lines" if study.parallel > 1 else "none",  # subprocess logs get lines
+            "num_threads": study.threads,
+        },
+    }
+
+
+def _finish_config(study: Study, data: dict[str, Any], path: Path, write: bool = True) -> Config:
+    cfg = config_from_dict(apply_overrides(data, study.overrides))
+    validate_config(cfg)
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, path)
+    return cfg
+
+
+def data_key(tier: Tier, data_root: Path) -> str:
+    """What the teacher's data is: dataset, preset and subset sizes (not where it lies)."""
+    name = data_root.name.split("-train")[0]
+    return f"{tier.dataset}:{name}:{tier.preset}:{tier.train_per_class}:{tier.test_per_class}"
+
+
+def plan_study(
+    tier: Tier,
+    out: str | os.PathLike[str],
+    data_root: Path,
+    *,
+    methods: Sequence[Method] | None = None,
+    seeds: Sequence[int] | None = None,
+    device: str = "auto",
+    amp: str = "none",
+    parallel: int | None = None,
+    threads: int | None = None,
+    overrides: Sequence[str] = (),
+) -> Study:
+    """The study: teacher configs written to ``<out>/<tier>/configs`` (students follow in
+    :func:`student_jobs`, once the teachers' checksums are known)."""
+    parallel = max(1, parallel if parallel is not None else tier.parallel)
+    if threads is None:
+        threads = tier.threads or max(1, (os.cpu_count() or 1) // parallel)
+    study = Study(
+        tier=tier,
+        out=Path(out) / tier.name,
+        data_root=data_root,
+        methods=list(methods if methods is not None else main_methods(tier.epochs)),
+        seeds=list(seeds if seeds is not None else tier.seeds),
+        device=device,
+        amp=amp,
+        parallel=parallel,
+        threads=threads,
+        overrides=list(overrides),
+    )
+    configs = study.out / "configs"
+    key_data = data_key(tier, data_root)
+    for pair in tier.pairs:
+        data = _base_config(
+            study, model=pair.teacher, args=pair.teacher_args, epochs=tier.teacher_epochs
+        )
+        data["experiment"] = "pending"
+        draft = config_from_dict(apply_overrides(data, study.overrides))
+        data["experiment"] = f"teachers/{pair.teacher}-{config_key(draft, key_data)}"
+        path = configs / f"{data['experiment'].replace('/', '_')}.yaml"
+        cfg = _finish_config(study, data, path)
+        study.teachers[pair.name] = Job("train", cfg, path, 0, pair, None)
+    return study
+
+
+def student_jobs(study: Study, teacher_sha256: dict[str, str], write: bool = True) -> list[Job]:
+    """Student configs (written once the teachers exist: they pin the teacher's SHA-256)."""
+    from figkd.losses import LOSSES
+
+    jobs = []
+    tier = study.tier
+    for pair in tier.pairs:
+        if pair.name not in teacher_sha256:
+            continue
+        for method in study.methods:
+            data = _base_config(
+                study, model=pair.student, args=pair.student_args, epochs=tier.epochs
+            )
+            data["experiment"] = f"{pair.name}/{method.name}"
+            data["loss"] = {"name": method.loss, "args": dict(method.args)}
+            kind = "train"
+            if LOSSES.get(method.loss).needs_teacher:
+                kind = "distill"
+                data["teacher"] = {
+                    "name": pair.teacher,
+                    "args": dict(pair.teacher_args),
+                    "checkpoint": str(study.teacher_checkpoint(pair).resolve()),
+                    "sha256": teacher_sha256[pair.name],
+                }
+            path = study.out / "configs" / pair.name / f"{method.name}.yaml"
+            cfg = _finish_config(study, data, path, write)
+            jobs.extend(Job(kind, cfg, path, seed, pair, method) for seed in study.seeds)
+    return jobs
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_state(run_dir: Path, epochs: int, teacher_sha256: str | None = None) -> str:
+    """"finished", "partial" (a checkpoint to resume), "new", or "stale" (finished, but
+    distilled from a teacher file other than ``teacher_sha256``)."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        used = (data.get("teacher") or {}).get("sha256")
+        if teacher_sha256 is not None and used is not None and used != teacher_sha256:
+            return "stale"
+        if data.get("status") == "finished" and int(data.get("epochs", -1)) == epochs:
+            return "finished"
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return "partial"
+    return "new"
+
+
+@dataclass
+class Outcome:
+    job: Job
+    status: str  # "skipped" (already finished), "trained", "resumed", "failed"
+    seconds: float = 0.0
+    error: str | None = None
+
+
+Printer = Callable[[str], None]
+
+
+def _run_in_process(job: Job, say: Printer) -> None:
+    from figkd.engine.launch import run_seeds
+
+    epochs = job.config.train.epochs
+    every = max(1, epochs // 6)
+
+    def progress(seed: int, record: Any) -> None:  # long runs: a line every ~1/6 of the run
+        if epochs >= 20 and (record.epoch % every == 0 or record.epoch == epochs):
+            test = record.data.get("test", {}).get("top1")
+            shown = f", test top-1 {test:.2f}" if test is not None else ""
+            say(f"    {job.label}: epoch {record.epoch}/{epochs}{shown}")
+
+    run_seeds(copy.deepcopy(job.config), [job.seed], resume=True, on_epoch_end=progress)
+
+
+#: ``python -m figkd.cli`` would load figkd.cli twice (as __main__ and as figkd.cli), and the
+#: command modules' ``Command`` would not be ``__main__.Command``: call ``main`` instead
+_ENTRY = "import sys; from figkd.cli import main; sys.exit(main())"
+
+
+def _command(job: Job) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        _ENTRY,
+        job.kind,
+        str(job.config_path),
+        "--seeds",
+        str(job.seed),
+        "--resume",
+    ]
+
+
+def _run_subprocess(job: Job, log_dir: Path, env: dict[str, str]) -> None:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{job.label.replace('/', '_').replace(' ', '_')}.log"
+    with open(log, "a") as handle:
+        handle.write(f"$ {' '.join(_command(job))}\n")
+        handle.flush()
+        result = subprocess.run(
+            _command(job), stdout=handle, stderr=subprocess.STDOUT, env=env, check=False
+        )
+    if result.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-5:]).strip()
+        raise RuntimeError(f"exit status {result.returncode} (log {log}): {tail}")
+
+
+def execute(
+    jobs: Sequence[Job],
+    parallel: int,
+    log_dir: Path,
+    say: Printer = print,
+    gpus: Sequence[str] | None = None,
+) -> list[Outcome]:
+    """Run ``jobs`` (skipping finished ones), ``parallel`` at a time in subprocesses when > 1."""
+    outcomes: list[Outcome] = []
+    todo = []
+    for job in jobs:
+        state = run_state(job.run_dir, job.config.train.epochs, job.config.teacher.sha256)
+        if state == "finished":
+            outcomes.append(Outcome(job, "skipped"))
+            continue
+        if state == "stale":
+            error = (
+                f"{job.run_dir} was distilled from another teacher than "
+                f"{job.config.teacher.checkpoint} (SHA-256 {job.config.teacher.sha256}); "
+                "delete it to train it again, or use another --out"
+            )
+            say(f"  {job.label}: FAILED: {error}")
+            outcomes.append(Outcome(job, "failed", error=error))
+            continue
+        if state == "new" and job.run_dir.exists():
+            shutil.rmtree(job.run_dir)  # killed before its first checkpoint: start clean
+        todo.append((job, "resumed" if state == "partial" else "trained"))
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    if skipped:
+        say(f"  {skipped} finished run(s) skipped")
+    total = len(todo)
+
+    def one(index: int, job: Job, status: str) -> Outcome:
+        start = time.perf_counter()
+        try:
+            if parallel == 1:
+                _run_in_process(job, say)
+            else:
+                env = dict(os.environ)
+                if gpus:
+                    env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+                _run_subprocess(job, log_dir, env)
+        except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
+            outcome = Outcome(job, "failed", time.perf_counter() - start, str(error))
+            say(f"  [{index + 1}/{total}] {job.label}: FAILED: {error}")
+            return outcome
+        seconds = time.perf_counter() - start
+        summary = _read_summary(job.run_dir)
+        test = (summary or {}).get("final", {}).get("test", {}).get("top1")
+        shown = f"test top-1 {test:.2f}" if test is not None else "no summary"
+        say(f"  [{index + 1}/{total}] {job.label}: {status}, {shown}, {seconds:.0f} s")
+        return Outcome(job, status, seconds)
+
+    if parallel == 1:
+        outcomes.extend(one(i, job, status) for i, (job, status) in enumerate(todo))
+    else:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            futures = [pool.submit(one, i, job, status) for i, (job, status) in enumerate(todo)]
+            outcomes.extend(f.result() for f in futures)
+    return outcomes
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def prepare_caches(study: Study) -> None:
+    """Decode the uint8 caches once, before parallel runs would each decode them."""
+    from figkd.data import build_uint8_cache, get_preset
+
+    spec = get_preset(study.tier.preset)
+    if not getattr(spec, "fast_path", False):
+        return
+    size = spec.size if getattr(spec, "resize", False) else None
+    for split in ("train", "test"):
+        build_uint8_cache(
+            study.tier.dataset, study.data_root, split, size, num_workers=study.tier.num_workers
+        )
+
+
+def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = None) -> dict:
+    """Teachers first, then every student; returns the manifest written to study.json."""
+    start = time.perf_counter()
+    logs = study.out / "logs"
+    if study.parallel > 1:
+        prepare_caches(study)
+    unique = list({job.run_dir: job for job in study.teachers.values()}.values())  # shared once
+    say(f"teachers ({len(unique)}):")
+    outcomes = execute(unique, study.parallel, logs, say, gpus)
+    shas: dict[str, str] = {}
+    from figkd.models.checkpoint import file_sha256
+
+    for pair in study.tier.pairs:
+        checkpoint = study.teacher_checkpoint(pair)
+        failed = any(o.status == "failed" and o.job.run_dir == checkpoint.parent.parent
+                     for o in outcomes)
+        if not failed and checkpoint.is_file():
+            shas[pair.name] = file_sha256(checkpoint)
+        else:
+            say(f"  no teacher for {pair.name}: its students are left out")
+    jobs = student_jobs(study, shas)
+    say(f"students ({len(jobs)} runs: {len(study.methods)} methods x {len(study.seeds)} seeds):")
+    outcomes += execute(jobs, study.parallel, logs, say, gpus)
+    manifest = {
+        "tier": study.tier.name,
+        "teachers": {
+            name: {"run_dir": str(job.run_dir), "sha256": shas.get(name)}
+            for name, job in study.teachers.items()
+        },
+        "runs": [
+            {
+                "run": o.job.label,
+                "run_dir": str(o.job.run_dir),
+                "config": str(o.job.config_path),
+                "status": o.status,
+                "seconds": round(o.seconds, 1),
+                "error": o.error,
+            }
+            for o in outcomes
+        ],
+        "wall_time_s": time.perf_counter() - start,
+    }
+    return manifest
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass
+class Result:
+    """One row: a method's runs aggregated over seeds."""
+
+    label: str
+    experiment: str
+    seeds: list[int]
+    last: list[float]
+    best: list[float]
+    wall: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.last)
+
+    def last_stats(self) -> tuple[float, float | None]:
+        return mean_std(self.last)
+
+    def best_stats(self) -> tuple[float, float | None]:
+        return mean_std(self.best)
+
+    def wall_mean(self) -> float:
+        return sum(self.wall) / len(self.wall) if self.wall else math.nan
+
+
+def collect(folder: Path, label: str) -> Result | None:
+    """Finished seeds under ``folder`` (one experiment) as a :class:`Result`."""
+    if not folder.is_dir():
+        return None
+    summaries = [s for s in find_summaries([folder]) if s.get("status") == "finished"]
+    summaries.sort(key=lambda s: s.get("seed", 0))
+    last, best, wall, seeds = [], [], [], []
+    for s in summaries:
+        top1 = (s.get("final") or {}).get("test", {}).get("top1")
+        if top1 is None:
+            continue
+        seeds.append(s.get("seed"))
+        last.append(float(top1))
+        chosen = (s.get("best") or {}).get("test", {}).get("top1")
+        if chosen is not None:
+            best.append(float(chosen))
+        if s.get("wall_time_s") is not None:
+            wall.append(float(s["wall_time_s"]))
+    if not last:
+        return None
+    return Result(label, str(folder), seeds, last, best, wall)
+
+
+def pm(mean: float, std: float | None) -> str:
+    """``mean ± std`` with two decimals (the mean alone for a single seed)."""
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
+def duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "–"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def results_table(rows: Sequence[Result], reference: str | None, ref_name: str) -> str:
+    """Markdown table: top-1 last and best-val (mean ± sample std), Δ vs a reference row."""
+    ref = next((r for r in rows if r.label == reference), None)
+    ref_mean = ref.last_stats()[0] if ref is not None else None
+    lines = [
+        f"| method | seeds | test top-1, last epoch | test top-1, best val | Δ last vs {ref_name} "
+        "| time / run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mean, std = r.last_stats()
+        best = pm(*r.best_stats()) if r.best else "–"
+        skip = ref_mean is None or r is ref or r.label.startswith("teacher")
+        delta = "" if skip else f"{mean - ref_mean:+.2f}"
+        lines.append(
+            f"| {r.label} | {r.n} | {pm(mean, std)} | {best} | {delta} "
+            f"| {duration(r.wall_mean())} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """CPU model (as lscpu's "Model name"), cores, and the GPU when CUDA is available."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{model}, {os.cpu_count()} CPU cores"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            text += f"; GPU: {', '.join(names)}"
+        else:
+            text += "; no GPU"
+    except Exception:  # noqa: BLE001 - description only
+        pass
+    return text
+
+
+def write_study_report(
+    study: Study, manifest: dict[str, Any] | None, command: str, wall_s: float | None
+) -> Path:
+    """``study.md`` (tables + provenance) and the engine's ``report.md``/``report.csv``."""
+    from figkd.engine.run_dir import git_commit, versions
+
+    tier = study.tier
+    out = study.out
+    v = versions()
+    git = git_commit()
+    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        f"# FiGKD study, `{tier.name}` tier: {tier.dataset} ({study.data_root.name})",
+        "",
+        f"- command: `{command}`",
+        f"- date: {when}; machine: {machine()}",
+        f"- versions: figkd {v['figkd']}, torch {v['torch']}, torchvision {v['torchvision']}, "
+        f"numpy {v['numpy']}, PyWavelets {v['pywavelets']}, Python {v['python']}, "
+        f"CUDA {v['cuda']}; {v['platform']}"
+        + (f"; git {git['commit'][:12]}{' (+ local changes)' if git.get('dirty') else ''}"
+           if git else ""),
+        f"- tier: {tier.description}",
+        f"- data: preset `{tier.preset}`, {tier.train_per_class or 'all'} train / "
+        f"{tier.test_per_class or 'all'} test images per class, {tier.val_fraction:.0%} of "
+        f"train held out as validation; batch {tier.batch_size}",
+        f"- schedule: students {tier.epochs} epochs (LR x0.1 after epochs "
+        f"{', '.join(map(str, tier.milestones))}), teachers {tier.teacher_epochs} epochs "
+        f"(after {', '.join(map(str, tier.teacher_milestones))}); seeds "
+        f"{' '.join(map(str, study.seeds))}; device `{study.device}`, amp `{study.amp}`, "
+        f"{study.parallel} run(s) at a time",
+    ]
+    if wall_s is not None:
+        parts.append(f"- wall time of this invocation: {duration(wall_s)}")
+    if manifest is not None:
+        counts: dict[str, int] = {}
+        for run in manifest["runs"]:
+            counts[run["status"]] = counts.get(run["status"], 0) + 1
+        parts.append(
+            "- runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        )
+    parts += [
+        "",
+        "Test accuracy (%), mean ± sample standard deviation over seeds. \"last epoch\": the "
+        "final epoch's test accuracy (what the paper reports); \"best val\": the test accuracy "
+        "at the epoch with the best validation accuracy. Time / run: mean wall time of one "
+        "seed (training + per-epoch evaluation).",
+    ]
+    groups = sorted({m.group for m in study.methods if m.group != "main"})
+    for pair in tier.pairs:
+        base = out / pair.name
+        teacher = collect(study.teachers[pair.name].run_dir.parent, f"teacher ({pair.teacher})")
+        rows = [r for r in [teacher] if r is not None]
+        rows += [
+            r
+            for m in study.methods
+            if m.group == "main" and (r := collect(base / m.name, m.label)) is not None
+        ]
+        parts += ["", f"## {pair.label}", "", results_table(rows, "CE", "CE")]
+        for group in groups:
+            default = collect(base / "figkd", f"FiGKD {group}={ABLATION_DEFAULTS[group]} (default)")
+            ablated = [
+                r
+                for m in study.methods
+                if m.group == group and (r := collect(base / m.name, m.label)) is not None
+            ]
+            rows = [r for r in [default] if r is not None] + ablated
+            parts += [
+                "",
+                f"### FiGKD ablation: {group}",
+                "",
+                results_table(rows, default.label if default else None, "default"),
+            ]
+    text = "\n".join(parts) + "\n"
+    path = out / "study.md"
+    path.write_text(text)
+    write_report(aggregate(find_summaries([out])), out)  # the engine's own `figkd report` table
+    if manifest is not None:
+        (out / "study.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def tier_with(tier: Tier, **changes: Any) -> Tier:
+    """``tier`` with some fields replaced (``None`` values are ignored)."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return dataclasses.replace(tier, **changes) if changes else tier
+
+
+def describe_plan(study: Study, jobs: Sequence[Job]) -> str:
+    lines = [f"{study.tier.name}: {study.tier.description}"]
+    for job in jobs:
+        state = run_state(job.run_dir, job.config.train.epochs, job.config.teacher.sha256)
+        lines.append(f"  {state:<8} {job.kind:<7} {job.config_path}  --seeds {job.seed}")
+    return "\n".join(lines)

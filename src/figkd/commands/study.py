@@ -1,0 +1,184 @@
+"""``figkd study``: FiGKD against the baselines on real images, over seeds, in one command.
+
+    figkd study --tier smoke                         # 2 CPU cores, minutes: proves the pipeline
+    figkd study --tier short --parallel 4            # GPU: 60-epoch recipe, resnet32x4 -> resnet8x4
+    figkd study --tier paper --parallel 6 --amp bf16 # GPU: the full 240-epoch recipe, two pairs
+    figkd study --tier short --ablations all         # + FiGKD's bands/level/1d/noise/wavelet/beta
+    figkd study --tier short --report-only           # rebuild the table from the finished runs
+
+Trains each pair's teacher once (reused while its config is unchanged; its SHA-256 is pinned
+in every student config), then CE, KD, DKD, DIST, MLKD, KD + logit standardization and FiGKD
+students over the seeds, and writes ``<out>/<tier>/study.md``: mean ± sample std of the test
+top-1 at the last epoch and at the best validation epoch, with the time per run, the exact
+command, machine, date and versions.  Run it again to resume: finished runs are skipped,
+killed ones continue from their last checkpoint.  ``key=value`` overrides apply to every run
+(e.g. ``train.channels_last=true``).  Data: ``--data-root`` (a Tiny-ImageNet folder or its
+``.tar``), else ``$FIGKD_DATA``/``./data``, else the 100-class subset in ``./.cache`` or
+``../shared/data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from figkd.analysis import study as S
+from figkd.cli import Command
+from figkd.commands.train import HelpFormatter, seed_value
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    tier = S.tier_with(
+        S.TIERS[args.tier],
+        epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs,
+        train_per_class=args.train_per_class,
+        test_per_class=args.test_per_class,
+    )
+    if tier.gpu and not args.report_only and not args.plan:
+        import torch
+
+        if not torch.cuda.is_available() and args.device in ("auto", "cuda"):
+            print(
+                f"figkd study: warning: the {tier.name} tier is sized for a GPU and none is "
+                "available; it will run on the CPU",
+                file=sys.stderr,
+                flush=True,
+            )
+    methods = S.main_methods(tier.epochs)
+    if args.methods:
+        known = {m.name: m for m in methods}
+        unknown = [m for m in args.methods if m not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}"
+            )
+        methods = [known[m] for m in args.methods]
+    if args.ablations:
+        methods += S.ablation_methods(args.ablations)
+    out = Path(args.out)
+    source = S.locate_tiny_imagenet(args.data_root, Path(args.cache_dir))
+    data_root = S.make_subset(
+        source, out / "data", tier.train_per_class, tier.test_per_class
+    ).resolve()
+    study = S.plan_study(
+        tier,
+        out,
+        data_root,
+        methods=methods,
+        seeds=args.seeds,
+        device=args.device,
+        amp=args.amp,
+        parallel=args.parallel,
+        threads=args.threads,
+        overrides=args.items or [],
+    )
+    command = canonical_command(args)
+    if args.plan:
+        from figkd.models.checkpoint import file_sha256
+
+        teachers = list(study.teachers.values())
+        shas = {}
+        for job in teachers:
+            ckpt = study.teacher_checkpoint(job.pair)
+            shas[job.pair.name] = file_sha256(ckpt) if ckpt.is_file() else "pending"
+        print(S.describe_plan(study, teachers + S.student_jobs(study, shas, write=False)))
+        return 0
+    manifest = None
+    if not args.report_only:
+        print(
+            f"figkd study: {tier.name} tier, {len(tier.pairs)} pair(s), {len(methods)} "
+            f"method(s) x {len(study.seeds)} seed(s), {study.parallel} at a time; runs in "
+            f"{study.out}/",
+            flush=True,
+        )
+        manifest = S.run_study(study, say=lambda text: print(text, flush=True), gpus=args.gpus)
+    wall = time.perf_counter() - start
+    path = S.write_study_report(study, manifest, command, None if args.report_only else wall)
+    print()
+    print(path.read_text())
+    print(f"wrote {path}, {study.out / 'report.md'} and {study.out / 'report.csv'}")
+    failed = [r for r in (manifest or {}).get("runs", []) if r["status"] == "failed"]
+    if failed:
+        print(f"figkd study: {len(failed)} run(s) failed: see study.json", file=sys.stderr)
+        return 1
+    return 0
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = HelpFormatter
+    parser.add_argument(
+        "items", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every run"
+    )
+    parser.add_argument("--tier", choices=sorted(S.TIERS), default="smoke", help="study size")
+    parser.add_argument("--out", default="runs/study", help="runs go to <out>/<tier>/")
+    parser.add_argument("--data-root", help="Tiny-ImageNet folder, its parent, or its .tar")
+    parser.add_argument(
+        "--cache-dir", default=".cache", help="where a --data-root .tar is unpacked once"
+    )
+    parser.add_argument("--seeds", type=seed_value, nargs="+", help="student seeds (tier: 0 1 2)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        help="a subset of ce kd dkd dist mlkd kd_ls figkd (default: all)",
+    )
+    parser.add_argument(
+        "--ablations",
+        nargs="+",
+        metavar="GROUP",
+        help=f"FiGKD ablations to add: {' '.join(S.ABLATIONS)} or all",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        help="runs at a time, each a subprocess (tier default: smoke 1, short/paper 4)",
+    )
+    parser.add_argument(
+        "--gpus", nargs="+", metavar="ID", help="spread parallel runs over these CUDA devices"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast")
+    parser.add_argument("--threads", type=int, help="CPU threads per run (default: cores/parallel)")
+    group = parser.add_argument_group("change the tier (the table says what ran)")
+    group.add_argument("--epochs", type=int, help="student epochs (milestones scale with it)")
+    group.add_argument("--teacher-epochs", type=int, help="teacher epochs")
+    group.add_argument("--train-per-class", type=int, help="training images per class")
+    group.add_argument("--test-per-class", type=int, help="test images per class")
+    parser.add_argument(
+        "--plan", action="store_true", help="list the runs and their state; run nothing"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="rebuild study.md from finished runs"
+    )
+
+
+def canonical_command(args: argparse.Namespace) -> str:
+    """The command line that repeats this study (options in a fixed order)."""
+    parts = ["figkd", "study", "--tier", args.tier]
+    for option in (
+        "out", "data_root", "seeds", "methods", "ablations", "parallel", "gpus", "device",
+        "amp", "threads", "epochs", "teacher_epochs", "train_per_class", "test_per_class",
+    ):
+        value = getattr(args, option)
+        if value is None or (option == "out" and value == "runs/study"):
+            continue
+        if option in ("device", "amp") and value in ("auto", "none"):
+            continue
+        values = value if isinstance(value, list) else [value]
+        parts += [f"--{option.replace('_', '-')}", *map(str, values)]
+    parts += list(args.items or [])
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+COMMAND = Command(
+    name="study",
+    help="FiGKD vs CE/KD/DKD/DIST/MLKD/KD+LS on Tiny-ImageNet over seeds (smoke/short/paper)",
+    configure=configure,
+    run=run,
+    description=__doc__,
+)

@@ -1,0 +1,115 @@
+"""``figkd figures``: the frequency view (Fig. 5) and t-SNE (Fig. 6) from trained run folders.
+
+A one-epoch study on fake Tiny-ImageNet data (12 classes -> a 4x3 logit map) provides a
+teacher and CE, KD and FiGKD students; the figures' saved numbers are checked against
+PyWavelets and against the models themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pywt
+import torch
+from PIL import Image
+
+from figkd.analysis import study as S
+from figkd.analysis.runs import forward_all, load_run
+from figkd.cli import main
+from figkd.data import synthetic
+from figkd.losses import build_loss
+
+
+@pytest.fixture(scope="module")
+def pair_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("figures")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("FIGKD_CACHE", str(base / "cache"))
+    root = synthetic.write_fake_tiny_imagenet(
+        base / "data", num_classes=12, train_per_class=6, val_per_class=3, size=32
+    )
+    tier = S.Tier(
+        name="unit",
+        description="unit test",
+        pairs=(S.Pair("tiny_cnn", "tiny_cnn", {"width": 8}, {"width": 4}),),
+        epochs=1,
+        teacher_epochs=2,
+        seeds=(0,),
+        val_fraction=0.2,
+        batch_size=16,
+        num_workers=0,
+        threads=1,
+    )
+    methods = [m for m in S.main_methods(1) if m.name in ("ce", "kd", "figkd")]
+    study = S.plan_study(tier, base / "runs", root, methods=methods, device="cpu")
+    manifest = S.run_study(study, say=lambda _: None)
+    assert {r["status"] for r in manifest["runs"]} == {"trained"}
+    yield study.out / tier.pairs[0].name
+    patch.undo()
+
+
+def _padded_map(logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    return np.pad(logits, (0, h * w - logits.size)).reshape(h, w)
+
+
+def test_frequency_bands_equal_pywavelets(pair_dir: Path, capsys) -> None:
+    assert main(["figures", str(pair_dir.parent), "--kind", "frequency", "--sample", "5"]) == 0
+    out = pair_dir / "figures"
+    assert "frequency.png" in capsys.readouterr().out
+    with Image.open(out / "frequency.png") as image:
+        assert image.format == "PNG" and image.size[0] > 500
+    arrays = np.load(out / "frequency.npz")
+    record = json.loads((out / "frequency.json").read_text())
+    assert set(record["models"]) == {"teacher", "kd", "figkd"}
+    assert record["grid"] == [4, 3] and record["sample"] == 5
+    for name, info in record["models"].items():
+        logits = arrays[f"{name}__logits"]
+        assert np.array_equal(logits, np.asarray(info["logits"]))
+        ll, (lh, hl, hh) = pywt.dwt2(_padded_map(logits, (4, 3)), "haar", mode="zero")
+        for band, ref in zip(("LL", "LH", "HL", "HH"), (ll, lh, hl, hh), strict=True):
+            np.testing.assert_allclose(arrays[f"{name}__{band}"], ref, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(np.asarray(info["bands"][band]), ref, rtol=0, atol=1e-12)
+        # the saved logits are the model's own on that test image
+        run = load_run(info["run_dir"])
+        image, label = run.test[5]
+        with torch.no_grad():
+            fresh = run.model(image[None]).double().numpy()[0]
+        np.testing.assert_allclose(logits, fresh, rtol=0, atol=1e-5)
+        assert label == record["label"] and info["predicted"] == int(np.argmax(logits))
+    # each student's detail distance is FiGKD's detail loss against the teacher, test-wide
+    teacher = load_run(record["models"]["teacher"]["run_dir"])
+    everything = list(range(len(teacher.test)))
+    t_logits = torch.as_tensor(forward_all(teacher.model, teacher.test, everything)["logits"])
+    for name in ("kd", "figkd"):
+        student = load_run(record["models"][name]["run_dir"])
+        s_logits = torch.as_tensor(forward_all(student.model, student.test, everything)["logits"])
+        expected = build_loss("figkd", beta=1.0).detail_loss(s_logits, t_logits).item()
+        assert record["models"][name]["detail_distance_to_reference"] == pytest.approx(
+            expected, rel=1e-9
+        )
+
+
+def test_tsne_of_student_embeddings(pair_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "figs"
+    args = ["figures", "--kind", "tsne", "--out", str(out), "--classes", "4", "--per-class", "3"]
+    args += ["--ce", str(pair_dir / "ce" / "seed0"), "--kd", str(pair_dir / "kd" / "seed0")]
+    args += ["--figkd", str(pair_dir / "figkd" / "seed0")]
+    assert main(args) == 0
+    with Image.open(out / "tsne.png") as image:
+        assert image.format == "PNG"
+    arrays = np.load(out / "tsne.npz")
+    record = json.loads((out / "tsne.json").read_text())
+    assert set(record["models"]) == {"ce", "kd", "figkd"}
+    labels, indices = arrays["labels"], arrays["indices"].tolist()
+    assert len(indices) == 12 and sorted(set(labels.tolist())) == [0, 1, 2, 3]
+    run = load_run(pair_dir / "figkd" / "seed0")
+    with torch.no_grad():
+        images = torch.stack([run.test[i][0] for i in indices])
+        embedding = run.model.forward_features(images)["embedding"].double().numpy()
+    np.testing.assert_allclose(arrays["figkd__embedding"], embedding, rtol=0, atol=1e-5)
+    assert arrays["figkd__tsne"].shape == (12, 2) and np.isfinite(arrays["figkd__tsne"]).all()
+    assert all(-1.0 <= m["silhouette"] <= 1.0 for m in record["models"].values())
