@@ -64,6 +64,30 @@ class TeacherConfig:
         default=False,
         metadata=_help("compute teacher logits once per image (only without augmentation)"),
     )
+    cache: Literal["none", "auto", "on"] = field(
+        default="none",
+        metadata=_help(
+            "teacher-logit cache over every crop/flip view, on disk, reused across runs: "
+            "auto falls back to the live teacher when it cannot apply, on makes that an error"
+        ),
+    )
+    cache_dir: str = field(
+        default=".cache/teacher_logits",
+        metadata=_help("folder of teacher-logit cache files (relative to the working dir)"),
+    )
+    cache_views: Literal["used", "all"] = field(
+        default="used",
+        metadata=_help(
+            "used: compute the crop/flip views this run draws (added to the file, so other "
+            "seeds compute only what is missing); all: every view of every image up front"
+        ),
+    )
+    cache_dtype: Literal["float16", "float32"] = field(
+        default="float16", metadata=_help("storage precision of cached teacher logits")
+    )
+    cache_max_gb: float = field(
+        default=16.0, metadata=_help("largest teacher-logit cache teacher.cache may build (GB)")
+    )
 
 
 @dataclass
@@ -141,6 +165,12 @@ class TrainConfig:
     )
     channels_last: bool = field(default=False, metadata=_help("NHWC memory format"))
     compile: bool = field(default=False, metadata=_help("torch.compile the models"))
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = field(
+        default="default",
+        metadata=_help("torch.compile mode; reduce-overhead captures CUDA graphs of the step"),
+    )
     deterministic: bool = field(
         default=False, metadata=_help("deterministic algorithms (bit-exact resume)")
     )

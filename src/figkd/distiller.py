@@ -11,6 +11,13 @@ both views::
 
     loss(student_weak, teacher_weak, targets,
          student_logits_strong=..., teacher_logits_strong=..., epoch=epoch)
+
+Single-view methods may also declare ``needs_features`` (both networks run
+``forward_features``; the loss gets ``student_features=`` and
+``teacher_features=``), ``needs_sample_index`` (``index=``, the batch's
+dataset indices, which the trainer passes from every data path) and
+``needs_images`` (``images=``).  A loss that declares none of these takes the
+plain logit path unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +32,35 @@ from torch import Tensor, nn
 def num_views(loss: nn.Module) -> int:
     """How many augmented views of each image the loss needs (1 unless it says 2)."""
     return int(getattr(loss, "num_views", 1))
+
+
+def _plain(model: nn.Module) -> nn.Module:
+    """The module inside DDP / ``torch.compile`` wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+class FeatureOutput(nn.Module):
+    """Makes ``forward`` return ``model.forward_features(x)``.
+
+    DDP synchronises gradients only through ``forward``; the trainer wraps the
+    student in this before DDP when the loss needs features.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Any:
+        return self.model.forward_features(x)
+
+
+def features_view(student: nn.Module, loss: nn.Module) -> nn.Module:
+    """``student`` itself, or wrapped in :class:`FeatureOutput` if ``loss`` needs features."""
+    return FeatureOutput(student) if getattr(loss, "needs_features", False) else student
 
 
 class Distiller(nn.Module):
@@ -49,6 +85,22 @@ class Distiller(nn.Module):
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
+        self.needs_features = bool(getattr(loss, "needs_features", False))
+        self.needs_index = bool(getattr(loss, "needs_sample_index", False))
+        self.needs_images = bool(getattr(loss, "needs_images", False))
+        self.extra_context = self.needs_features or self.needs_index or self.needs_images
+        if self.extra_context and self.views != 1:
+            raise ValueError(
+                f"{type(loss).__name__} asks for num_views=2 together with features, sample "
+                "indices or images; only single-view methods may ask for those"
+            )
+        if self.needs_features and not (
+            isinstance(_plain(student), FeatureOutput) or hasattr(student, "forward_features")
+        ):
+            raise TypeError(
+                f"{type(loss).__name__} needs features but the student "
+                f"{type(_plain(student)).__name__} has no forward_features; use a zoo model"
+            )
 
     def train(self, mode: bool = True) -> Distiller:
         """Switch the student (and loss) only: the teacher stays in eval mode."""
@@ -77,11 +129,14 @@ class Distiller(nn.Module):
         targets: Tensor,
         *,
         teacher_logits: Tensor | Sequence[Tensor] | None = None,
+        index: Tensor | None = None,
         **context: Any,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         if self.views == 1:
             if not isinstance(images, Tensor):
                 raise TypeError(f"{type(self.loss).__name__} takes one view: pass an image tensor")
+            if self.extra_context:
+                return self._forward_with_context(images, targets, teacher_logits, index, context)
             student = self.student(images)
             teacher = teacher_logits
             if teacher is None and self.needs_teacher:
@@ -110,6 +165,56 @@ class Distiller(nn.Module):
             **context,
         )
         return student_weak, terms
+
+
+    def _student_features(self, images: Tensor) -> Any:
+        if isinstance(_plain(self.student), FeatureOutput):
+            return self.student(images)  # DDP / compile wrap a FeatureOutput: go through forward
+        return self.student.forward_features(images)
+
+    @torch.no_grad()
+    def teacher_features(self, images: Tensor) -> Any:
+        """The frozen teacher's ``forward_features`` (no gradients, eval mode)."""
+        if self.teacher is None:
+            raise ValueError(
+                f"loss {type(self.loss).__name__} needs a teacher but none was given: set "
+                "teacher.name and teacher.checkpoint"
+            )
+        return self.teacher.forward_features(images)
+
+    def _forward_with_context(
+        self,
+        images: Tensor,
+        targets: Tensor,
+        teacher_logits: Any,
+        index: Tensor | None,
+        context: dict[str, Any],
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Single view, plus the features / sample indices / images the loss declared."""
+        extra: dict[str, Any] = {}
+        teacher = teacher_logits
+        if self.needs_features:
+            student_features = self._student_features(images)
+            student = student_features["logits"]
+            extra["student_features"] = student_features
+            if self.needs_teacher:
+                teacher_features = self.teacher_features(images)
+                extra["teacher_features"] = teacher_features
+                if teacher is None:
+                    teacher = teacher_features["logits"]
+        else:
+            student = self.student(images)
+            if teacher is None and self.needs_teacher:
+                teacher = self.teacher_logits(images)
+        if self.needs_index:
+            if index is None:
+                raise ValueError(
+                    f"{type(self.loss).__name__} needs the batch's dataset indices: pass index="
+                )
+            extra["index"] = index
+        if self.needs_images:
+            extra["images"] = images
+        return student, self.loss(student, teacher, targets, **extra, **context)
 
 
 class TeacherLogitCache:

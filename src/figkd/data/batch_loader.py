@@ -224,6 +224,9 @@ class GPUBatchLoader:
         self.rank = rank
         self.epoch = 0
         self.threads = cpu_threads if self.device.type == "cpu" else None
+        #: True: yield ``(images, labels, params)``, ``params`` the batch's augmentation
+        #: parameters (:meth:`BatchAugment.sample`; the teacher-logit cache indexes by them)
+        self.return_params = False
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -246,15 +249,22 @@ class GPUBatchLoader:
             order = torch.cat([order, order[: padded - total]])[self.rank :: self.num_replicas]
         return order
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = epoch_generator(self.seed, self.epoch)
+    def plan(
+        self, epoch: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """``(sample indices, augmentation params)`` of each batch of ``epoch`` (default: the
+        current one), on the CPU, without touching images: what ``__iter__`` will yield."""
+        generator = epoch_generator(self.seed, self.epoch if epoch is None else epoch)
         order = self._order(generator)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
-            params = self.augment.sample(len(index), generator)
+            yield index, self.augment.sample(len(index), generator)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index, params in self.plan():
             with intra_op_threads(self.threads):
                 index = index.to(self.device)
                 images = self.augment.apply(self.images.index_select(0, index), params)
                 labels = self.targets.index_select(0, index)
-            yield images, labels
+            yield (images, labels, params) if self.return_params else (images, labels)
         self.epoch += 1

@@ -108,13 +108,31 @@ class FastSource:
         return min(n, self.max_steps) if self.max_steps else n
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        self.loader.set_epoch(epoch)
-        for step, (images, index) in enumerate(self.loader):
+        for images, targets, index, _ in self.epoch_with_params(epoch):
+            yield images, targets, index
+
+    def plan(self, epoch: int) -> Iterator[tuple[torch.Tensor, Any]]:
+        """``(sample indices, augmentation params)`` of the batches :meth:`epoch` will yield."""
+        for step, item in enumerate(self.loader.plan(epoch)):
             if step >= len(self):
                 break
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            yield images, self.targets[index], index
+            yield item
+
+    def epoch_with_params(
+        self, epoch: int
+    ) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor, Any]]:
+        """Like :meth:`epoch`, plus each batch's augmentation parameters (crop offsets, flips)."""
+        self.loader.set_epoch(epoch)
+        self.loader.return_params = True
+        try:
+            for step, (images, index, params) in enumerate(self.loader):
+                if step >= len(self):
+                    break
+                if self.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                yield images, self.targets[index], index, params
+        finally:
+            self.loader.return_params = False
 
 
 # --------------------------------------------------------------------------- torch path

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from figkd.config import Config, config_to_dict, resolved_lr, save_config
-from figkd.distiller import Distiller, TeacherLogitCache, num_views
+from figkd.distiller import Distiller, TeacherLogitCache, features_view, num_views
 from figkd.engine import distributed as dist_utils
 from figkd.engine.checkpoint import (
     load_teacher,
@@ -49,7 +49,8 @@ from figkd.engine.run_dir import (
     versions,
 )
 from figkd.engine.seeding import get_rng_state, seed_everything, set_deterministic, set_rng_state
-from figkd.losses import LOSSES, build_loss
+from figkd.engine.teacher_cache import resolve_teacher_cache
+from figkd.losses import LOSSES, DistillationLoss, build_loss
 from figkd.models import create_model
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {
@@ -71,6 +72,7 @@ RESUME_MAY_CHANGE = (
     "train.compile",
     "train.epochs",
     "teacher.checkpoint",
+    "teacher.cache",  # cache, cache_dir, cache_dtype, cache_max_gb, cache_logits: fp16 noise only
     "train.num_threads",
 )
 
@@ -330,6 +332,8 @@ class Trainer:
                     if self.data.val is not None:
                         record["val"] = self.evaluate(self.eval_model, self.data.val)
                     record["test"] = self.evaluate(self.eval_model, self.data.test)
+                    for name, net in _extra_eval_models(self.loss).items():  # e.g. DML's peer
+                        record[name] = {"test": self.evaluate(net, self.data.test)}
                 record["time_s"] = time.perf_counter() - epoch_start
                 state.elapsed_s += time.perf_counter() - session_start
                 session_start = time.perf_counter()
@@ -372,19 +376,23 @@ class Trainer:
         student.to(device, memory_format=memory)
         if self.teacher is not None:
             self.teacher.to(device, memory_format=memory)
+        _setup_method(loss, student, self.teacher, data)  # connectors, before the optimizer
         loss.to(device)
+        _broadcast_loss_state(loss, ctx)  # every rank starts from rank 0's connectors
         self.student, self.loss = student, loss
         self.optimizer = build_optimizer(
             [*student.parameters(), *loss.parameters()], cfg, resolved_lr(cfg)
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
 
-        model = dist_utils.wrap_ddp(student, ctx, device, cfg.train.sync_bn)
+        model = dist_utils.wrap_ddp(features_view(student, loss), ctx, device, cfg.train.sync_bn)
         self.eval_model: nn.Module = student
         if cfg.train.compile:
-            model, self.eval_model = torch.compile(model), torch.compile(student)
+            mode = None if cfg.train.compile_mode == "default" else cfg.train.compile_mode
+            model = torch.compile(model, mode=mode)
+            self.eval_model = torch.compile(student, mode=mode)
             if self.teacher is not None:
-                self.teacher = torch.compile(self.teacher)
+                self.teacher = torch.compile(self.teacher, mode=mode)
         self.distiller = Distiller(model, loss, self.teacher)
 
         self.cache: TeacherLogitCache | None = None
@@ -399,6 +407,10 @@ class Trainer:
                 self.cache = TeacherLogitCache.compute(
                     self.teacher, batches, data.train_size, device
                 )
+        # teacher.cache: logits of every crop/flip view, on disk (engine/teacher_cache.py)
+        self.view_cache, self.view_cache_record = resolve_teacher_cache(
+            cfg, data, self.teacher, self.teacher_record, loss, device, ctx
+        )
 
     def _restore(self, checkpoint: dict[str, Any]) -> RunState:
         """Weights, optimizer, scaler and RNG from ``last.pt``; metrics after it are dropped."""
@@ -414,6 +426,7 @@ class Trainer:
                 f"({state.teacher_sha256})"
             )
         self.student.load_state_dict(checkpoint["model"])
+        self.loss.load_state_dict(checkpoint.get("loss", {}))  # connectors, memory banks, peers
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"])
@@ -437,15 +450,17 @@ class Trainer:
             cfg.train.log_every,
             self.prefix,
         )
-        for step, (images, targets, index) in enumerate(self.data.train.epoch(epoch), 1):
+        for step, (images, targets, index, cached) in enumerate(self._train_batches(epoch), 1):
             state.global_step += 1
-            cached = self.cache(index) if self.cache is not None else None
             with self.autocast():
-                logits, terms = self.distiller(images, targets, teacher_logits=cached, epoch=epoch)
+                logits, terms = self.distiller(
+                    images, targets, teacher_logits=cached, index=index, epoch=epoch
+                )
             total = sum(terms.values())
             self._check_finite(total, terms, epoch, step, state.global_step)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
+            _average_loss_grads(self.loss, self.ctx)  # DDP syncs the student's only
             self.scaler.step(self.optimizer)
             self.scaler.update()
             meter.add({"loss": total, **terms}, len(targets))
@@ -459,6 +474,15 @@ class Trainer:
         seen = int(vector[-1].item())
         state.train_images += seen
         return {"epoch": epoch, "lr": lr, "train": train, "images": seen}
+
+    def _train_batches(self, epoch: int) -> Any:
+        """``(images, targets, index, cached teacher logits or None)`` of one epoch."""
+        if self.view_cache is not None:
+            for images, targets, index, params in self.data.train.epoch_with_params(epoch):
+                yield images, targets, index, self.view_cache.lookup(index, params, self.device)
+            return
+        for images, targets, index in self.data.train.epoch(epoch):
+            yield images, targets, index, self.cache(index) if self.cache is not None else None
 
     def _end_epoch(
         self, record: dict[str, Any], state: RunState, tb: TensorBoardLogger | None
@@ -480,7 +504,13 @@ class Trainer:
             resolved = config_to_dict(cfg)
             if improved:
                 save_atomic(
-                    model_payload(self.student, epoch=epoch, val=record["val"], config=resolved),
+                    model_payload(
+                        self.student,
+                        epoch=epoch,
+                        val=record["val"],
+                        config=resolved,
+                        **_loss_state(self.loss),
+                    ),
                     self.dir.best,
                 )
             save_atomic(
@@ -492,6 +522,7 @@ class Trainer:
                     rng=get_rng_state(),
                     state=dataclasses.asdict(state),
                     config=resolved,
+                    **_loss_state(self.loss),
                 ),
                 self.dir.last,
             )
@@ -528,6 +559,7 @@ class Trainer:
             "resumed": state.resumed,
             "world_size": self.ctx.world_size,
             "device": device_description(device),
+            "teacher_cache": self.view_cache_record,
             "amp": cfg.train.amp,
             "deterministic": cfg.train.deterministic,
             "data_path": self.data.path,
@@ -555,6 +587,59 @@ class RunState:
     teacher_eval: dict[str, float] | None = None
     teacher_sha256: str | None = None
     resumed: int = 0
+
+
+def _setup_method(
+    loss: nn.Module, student: nn.Module, teacher: nn.Module | None, data: Any
+) -> None:
+    """Run the loss's ``setup`` hook (if it has one) with a real batch.
+
+    The batch comes from the test split: its transform draws no random numbers,
+    so calling the hook leaves the training RNG stream as it was.
+    """
+    if getattr(type(loss), "setup", DistillationLoss.setup) is DistillationLoss.setup:
+        return  # logit methods: nothing to build, no batch to load
+    batches = data.test.epoch(0)
+    try:
+        images = next(batches)[0]
+    finally:
+        batches.close()
+    loss.setup(
+        student,
+        teacher,
+        example_input=images[: data.per_rank_batch],
+        num_train_samples=data.train_size,
+    )
+
+
+def _broadcast_loss_state(loss: nn.Module, ctx: dist_utils.DistContext) -> None:
+    """Give every DDP rank rank 0's loss parameters and buffers (DDP does this for the student)."""
+    if not ctx.enabled:
+        return
+    for tensor in loss.state_dict().values():
+        torch.distributed.broadcast(tensor, src=0)
+
+
+def _loss_state(loss: nn.Module) -> dict[str, Any]:
+    """``{"loss": state_dict}`` for losses with parameters or buffers, else nothing."""
+    state = loss.state_dict()
+    return {"loss": {k: v.detach().clone() for k, v in state.items()}} if state else {}
+
+
+def _average_loss_grads(loss: nn.Module, ctx: dist_utils.DistContext) -> None:
+    """Average the loss's own gradients (connectors, peers) over DDP ranks."""
+    if not ctx.enabled:
+        return
+    for param in loss.parameters():
+        if param.grad is not None:
+            dist_utils.all_reduce_sum(param.grad, ctx)
+            param.grad.div_(ctx.world_size)
+
+
+def _extra_eval_models(loss: nn.Module) -> dict[str, nn.Module]:
+    """Networks the loss trains besides the student (``loss.eval_models()``), evaluated too."""
+    hook = getattr(loss, "eval_models", None)
+    return dict(hook()) if callable(hook) else {}
 
 
 def _final(run_dir: RunDir, record: dict[str, Any]) -> dict[str, Any]:
