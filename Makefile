@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo test test-slow bench bench-speed install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss_overhead.py
+
+# Table 14 step times and end-to-end img/s vs a plain loop (~30 min on 2 CPU cores)
+bench-speed: $(STAMP)
+	$(BIN)/python benchmarks/step_time.py --out benchmarks/results/step_time.md
+	$(BIN)/python benchmarks/throughput.py --compile --out benchmarks/results/throughput.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
