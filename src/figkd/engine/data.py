@@ -213,8 +213,21 @@ class TorchSource:
         n = n // self.batch_size if self.train else math.ceil(n / self.batch_size)
         return min(n, self.max_steps) if self.max_steps else n
 
+    def use_plan(self, planned: Any) -> None:
+        """Train on a :class:`~figkd.data.planned_crop.PlannedDataset` (pre-sampled crops)."""
+        self.dataset = _Indexed(planned)
+
+    def positions(self, epoch: int, rank: int, world_size: int) -> list[int]:
+        """Sample indices rank ``rank`` of ``world_size`` trains on in ``epoch`` (no images)."""
+        sampler = EpochSampler(self.sampler.size, self.seed,
+                               DistContext(rank=rank, world_size=world_size), self.train)
+        sampler.set_epoch(epoch)
+        return list(sampler)[: len(self) * self.batch_size]
+
     def epoch(self, epoch: int) -> Iterator[Batch]:
         self.sampler.set_epoch(epoch)
+        if hasattr(self.dataset.dataset, "set_epoch"):  # planned crops: this epoch's rows
+            self.dataset.dataset.set_epoch(epoch)
         generator = epoch_generator(self.seed * 1000 + self.rank, epoch)
         loader = DataLoader(
             self.dataset,

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from figkd.data import BatchAugment, get_preset
+from figkd.data.planned_crop import CropPlan
 
 FORMAT = 1
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -479,6 +480,12 @@ def resolve_teacher_cache(
         return None, {**record, "status": "live", "reason": reason}
 
     spec = get_preset(cfg.data.preset or _default_preset(cfg))
+    if data.path == "torch" and CropPlan.from_preset(spec) is not None:
+        # RandomResizedCrop presets: pre-sampled crops per epoch (engine/planned_cache.py)
+        from figkd.engine.planned_cache import resolve_planned_cache
+
+        return resolve_planned_cache(cfg, data, teacher, teacher_record, spec, device, ctx,
+                                     record, say)
     views = CropFlipViews.from_preset(spec)
     source = getattr(data.train, "loader", None)
     problem = None

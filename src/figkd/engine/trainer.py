@@ -477,6 +477,10 @@ class Trainer:
 
     def _train_batches(self, epoch: int) -> Any:
         """``(images, targets, index, cached teacher logits or None)`` of one epoch."""
+        if getattr(self.view_cache, "planned", False):  # RandomResizedCrop: planned views
+            for images, targets, index in self.data.train.epoch(epoch):
+                yield images, targets, index, self.view_cache.lookup(epoch, index, self.device)
+            return
         if self.view_cache is not None:
             for images, targets, index, params in self.data.train.epoch_with_params(epoch):
                 yield images, targets, index, self.view_cache.lookup(index, params, self.device)
