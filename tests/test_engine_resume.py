@@ -131,3 +131,21 @@ def test_resume_refuses_a_different_teacher_file(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="is not the one the run started with"):
         Trainer(cfg, tmp_path / "kd", resume=True).fit()
+
+
+def test_a_fresh_start_drops_metrics_left_by_a_run_killed_before_its_first_checkpoint(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "stale": True}) + "\n")
+    for resume in (False, True):  # --resume without last.pt also starts afresh
+        Trainer(
+            digits_config(tmp_path, "run", epochs=2), run, resume=resume, overwrite=not resume,
+            loss=KillableCE(),
+        ).fit()
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in records] == [1, 2] and not any("stale" in r for r in records)
+        (run / "summary.json").unlink()
+        (run / "checkpoints/last.pt").unlink()
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "stale": True}) + "\n")

@@ -211,6 +211,10 @@ class Trainer:
             )
         if self.resume and self.dir.last.exists():
             return load_weights_only(self.dir.last, map_location="cpu")
+        if self.ctx.is_main and self.dir.metrics.exists():
+            # A run killed before its first last.pt left epoch lines behind; starting
+            # afresh must not append to them.
+            self.dir.metrics.unlink()
         return None
 
     def _check_resume_config(self, saved: dict[str, Any]) -> None:
