@@ -81,3 +81,13 @@ def test_errors_are_one_clear_line(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"figkd {argv[0]}: error:") and message in err
+
+
+def test_distill_refuses_plain_ce_but_runs_teacherless_distillation(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["distill", "loss.name=ce", "model.name=resnet8"]) == 2
+    assert "trains without distillation: use `figkd train`" in capsys.readouterr().err
+    argv = ["distill", "configs/cifar100/dml/resnet32x4_resnet8x4.yaml", "--print-config"]
+    assert main(argv) == 0
+    assert "name: dml" in capsys.readouterr().out

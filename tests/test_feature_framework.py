@@ -299,12 +299,12 @@ def _run_shipped(cifar: Path, out: Path, method: str, teacher: str | None, swap:
 
     pair = CIFAR_CONFIGS / method / "resnet32x4_resnet8x4.yaml"
     extra: list[str] = []
-    command = "train"
     if teacher is not None:
         ckpt = out / "teacher.pt"
         save_atomic(model_payload(create_model(teacher, num_classes=100)), ckpt)
-        extra, command = ["--teacher", str(ckpt)], "distill"
-    argv = [command, str(pair), *_cifar_small(cifar), *swap, *extra, "--output-dir", str(out)]
+        extra = ["--teacher", str(ckpt)]
+    # `figkd distill` runs every method, DML (peers, no frozen teacher) included
+    argv = ["distill", str(pair), *_cifar_small(cifar), *swap, *extra, "--output-dir", str(out)]
     assert main(argv) == 0
     run = out / f"cifar100/{method}/resnet32x4_resnet8x4/seed0"
     return json.loads((run / "summary.json").read_text())

@@ -33,12 +33,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     extra = [f"teacher.checkpoint={args.teacher}"] if args.teacher else []
     cfg = config_from_args(args, extra)
-    if not LOSSES.get(cfg.loss.name).needs_teacher:
+    method = LOSSES.canonical(cfg.loss.name)
+    if method == "ce":
         raise ValueError(
-            f"loss {cfg.loss.name!r} does not use a teacher: use `figkd train`, or choose a "
+            "loss 'ce' trains without distillation: use `figkd train`, or choose a "
             "distillation method with loss.name=<kd|figkd|...>"
         )
-    if cfg.teacher.name is None:
+    # Mutual learning (DML) distils between peers trained together: no frozen teacher.
+    if LOSSES.get(method).needs_teacher and cfg.teacher.name is None:
         raise ValueError("distillation needs teacher.name (and teacher.checkpoint)")
     return launch(args, cfg)
 
