@@ -30,11 +30,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from figkd.data.planned_crop import CropPlan, PlannedDataset, dataset_sha256
+from figkd.data.planned_crop import PlannedDataset, dataset_sha256
 from figkd.engine.teacher_cache import (
     DTYPES,
     CacheKeyMismatchError,
     cache_key,
+    check_stored_key,
     state_dict_sha256,
     tensor_sha256,
 )
@@ -144,17 +145,8 @@ class PlannedLogitCache:
             raise CacheKeyMismatchError(
                 f"{path} is not a figkd planned-crop teacher-logit cache of format {FORMAT}; "
                 "delete it")
-        fields, key = state["fields"], state["key"]
-        if cache_key(fields) != key:
-            raise CacheKeyMismatchError(f"{path}: stored key does not match its fields; delete it")
-        if expected is not None and key != cache_key(expected):
-            keys = set(fields) | set(expected)
-            diff = sorted(k for k in keys if fields.get(k) != expected.get(k))
-            shown = "; ".join(f"{k}: file {fields.get(k)!r} != run {expected.get(k)!r}"
-                              for k in diff)
-            raise CacheKeyMismatchError(
-                f"teacher-logit cache {path} was built for other inputs ({shown}); "
-                "delete it or point teacher.cache_dir elsewhere")
+        check_stored_key(path, state, expected)
+        fields = state["fields"]
         shape = (fields["plan"]["epochs"], fields["num_samples"], fields["num_classes"])
         logits, filled = state["logits"], state["filled"]
         if tuple(logits.shape) != shape or tuple(filled.shape) != shape[:2]:

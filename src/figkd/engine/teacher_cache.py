@@ -194,6 +194,24 @@ def cache_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+def check_stored_key(path: Path, state: dict[str, Any], expected: dict[str, Any] | None) -> None:
+    """Refuse a cache file whose key does not match its own fields, or the run's (``expected``).
+
+    The error names every differing field, so a user sees *why* the file does not apply.
+    """
+    fields, key = state["fields"], state["key"]
+    if cache_key(fields) != key:
+        raise CacheKeyMismatchError(f"{path}: stored key does not match its fields; delete it")
+    if expected is not None and key != cache_key(expected):
+        keys = set(fields) | set(expected)
+        diff = sorted(k for k in keys if fields.get(k) != expected.get(k))
+        shown = "; ".join(f"{k}: file {fields.get(k)!r} != run {expected.get(k)!r}" for k in diff)
+        raise CacheKeyMismatchError(
+            f"teacher-logit cache {path} was built for other inputs ({shown}); "
+            "delete it or point teacher.cache_dir elsewhere"
+        )
+
+
 # --------------------------------------------------------------------------- the cache
 
 
@@ -327,18 +345,8 @@ class ViewLogitCache:
             raise CacheKeyMismatchError(
                 f"{path} is not a figkd teacher-logit cache of format {FORMAT}; delete it"
             )
-        fields, key = state["fields"], state["key"]
-        if cache_key(fields) != key:
-            raise CacheKeyMismatchError(f"{path}: stored key does not match its fields; delete it")
-        if expected is not None and key != cache_key(expected):
-            keys = set(fields) | set(expected)
-            diff = sorted(k for k in keys if fields.get(k) != expected.get(k))
-            shown = "; ".join(f"{k}: file {fields.get(k)!r} != run {expected.get(k)!r}"
-                              for k in diff)
-            raise CacheKeyMismatchError(
-                f"teacher-logit cache {path} was built for other inputs ({shown}); "
-                "delete it or point teacher.cache_dir elsewhere"
-            )
+        check_stored_key(path, state, expected)
+        fields = state["fields"]
         t = fields["transform"]
         views = CropFlipViews(int(t["size"]), int(t["padding"]), bool(t["flip"]))
         logits, filled = state["logits"], state["filled"]
