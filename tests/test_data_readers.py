@@ -40,7 +40,7 @@ def _color_label(image: Image.Image, num_classes: int) -> int:
 def test_registry_lists_every_benchmark_of_the_paper() -> None:
     assert data.list_datasets() == [
         "cifar100", "cub200", "digits", "image-folder", "mit67", "stanford-dogs",
-        "stanford40", "tiny-imagenet",
+        "stanford40", "tiny-imagenet", "uint8-shards",
     ]
     assert data.list_datasets("stanford*") == ["stanford-dogs", "stanford40"]
     assert data.DATASETS.canonical("dogs") == "stanford-dogs"

@@ -274,6 +274,46 @@ def locate_tiny_imagenet(root: str | os.PathLike[str] | None, cache_dir: Path) -
     raise fallback
 
 
+def study_dataset(name: str | None) -> str | None:
+    """The canonical registry name of ``--dataset`` (``None``: the tier's tiny-imagenet)."""
+    if name is None:
+        return None
+    from figkd.data import DATASETS
+
+    return DATASETS.canonical(name)
+
+
+def subset_args(tier: Tier) -> dict[str, int]:
+    """Reader options that make a per-class subset, for datasets other than tiny-imagenet
+    (whose subsets are folders of symlinks, :func:`make_subset`)."""
+    if tier.dataset == "tiny-imagenet":
+        return {}
+    from figkd.data import get_dataset_info
+
+    wanted = {"train_per_class": tier.train_per_class, "test_per_class": tier.test_per_class}
+    wanted = {k: v for k, v in wanted.items() if v is not None}
+    accepted = get_dataset_info(tier.dataset).options()
+    refused = [k for k in wanted if k not in accepted]
+    if refused:
+        raise ValueError(
+            f"dataset {tier.dataset!r} cannot take per-class subsets ({', '.join(refused)}); "
+            "use --dataset uint8-shards or tiny-imagenet"
+        )
+    return wanted
+
+
+def locate_dataset(tier: Tier, root: str | os.PathLike[str] | None) -> Path:
+    """The root folder of ``tier.dataset`` (not tiny-imagenet), checked by reading it once."""
+    from figkd.data import load_dataset, resolve_root
+
+    path = resolve_root(tier.dataset, root)
+    assert path is not None
+    options = subset_args(tier)
+    for split in ("train", "test"):
+        load_dataset(tier.dataset, path, split, **options)  # fails early, naming missing parts
+    return path.resolve()
+
+
 def make_subset(
     source: Path, dest_parent: Path, train_per_class: int | None, test_per_class: int | None
 ) -> Path:
@@ -421,6 +461,7 @@ def _base_config(study: Study, *, model: str, args: dict[str, Any], epochs: int)
             "val_fraction": tier.val_fraction,
             "batch_size": tier.batch_size,
             "num_workers": tier.num_workers,
+            **({"args": subset_args(tier)} if subset_args(tier) else {}),
         },
         "schedule": {"milestones": scale_milestones(epochs)},
         "train": {

@@ -14,7 +14,8 @@ command, machine, date and versions.  Run it again to resume: finished runs are 
 killed ones continue from their last checkpoint.  ``key=value`` overrides apply to every run
 (e.g. ``train.channels_last=true``).  Data: ``--data-root`` (a Tiny-ImageNet folder or its
 ``.tar``), else ``$FIGKD_DATA``/``./data``, else the 100-class subset in ``./.cache`` or
-``../shared/data``.
+``../shared/data``; or ``--dataset uint8-shards --data-root <folder>``, the same images packed
+at 32x32 by ``figkd pack tiny-imagenet --size 32`` (the same pixels, no JPEG tree needed).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ from figkd.commands.train import HelpFormatter, seed_value
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    args.dataset = S.study_dataset(args.dataset)  # canonical name, also in the recorded command
     tier = S.tier_with(
         S.TIERS[args.tier],
         epochs=args.epochs,
         teacher_epochs=args.teacher_epochs,
         train_per_class=args.train_per_class,
         test_per_class=args.test_per_class,
+        dataset=args.dataset,
     )
     if tier.gpu and not args.report_only and not args.plan:
         import torch
@@ -61,10 +64,13 @@ def run(args: argparse.Namespace) -> int:
     if args.ablations:
         methods += S.ablation_methods(args.ablations)
     out = Path(args.out)
-    source = S.locate_tiny_imagenet(args.data_root, Path(args.cache_dir))
-    data_root = S.make_subset(
-        source, out / "data", tier.train_per_class, tier.test_per_class
-    ).resolve()
+    if tier.dataset == "tiny-imagenet":
+        source = S.locate_tiny_imagenet(args.data_root, Path(args.cache_dir))
+        data_root = S.make_subset(
+            source, out / "data", tier.train_per_class, tier.test_per_class
+        ).resolve()
+    else:  # e.g. uint8-shards packed by `figkd pack`: per-class subsets are reader options
+        data_root = S.locate_dataset(tier, args.data_root)
     study = S.plan_study(
         tier,
         out,
@@ -116,7 +122,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tier", choices=sorted(S.TIERS), default="smoke", help="study size")
     parser.add_argument("--out", default="runs/study", help="runs go to <out>/<tier>/")
-    parser.add_argument("--data-root", help="Tiny-ImageNet folder, its parent, or its .tar")
+    parser.add_argument(
+        "--dataset",
+        help="read the data with this reader instead of tiny-imagenet, e.g. uint8-shards "
+        "(a `figkd pack` of Tiny-ImageNet at 32x32 in --data-root)",
+    )
+    parser.add_argument(
+        "--data-root", help="Tiny-ImageNet folder, its parent, or its .tar; or the --dataset root"
+    )
     parser.add_argument(
         "--cache-dir", default=".cache", help="where a --data-root .tar is unpacked once"
     )
@@ -161,8 +174,8 @@ def canonical_command(args: argparse.Namespace) -> str:
     """The command line that repeats this study (options in a fixed order)."""
     parts = ["figkd", "study", "--tier", args.tier]
     for option in (
-        "out", "data_root", "seeds", "methods", "ablations", "parallel", "gpus", "device",
-        "amp", "threads", "epochs", "teacher_epochs", "train_per_class", "test_per_class",
+        "out", "dataset", "data_root", "seeds", "methods", "ablations", "parallel", "gpus",
+        "device", "amp", "threads", "epochs", "teacher_epochs", "train_per_class", "test_per_class",
     ):
         value = getattr(args, option)
         if value is None or (option == "out" and value == "runs/study"):

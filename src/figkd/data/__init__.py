@@ -14,6 +14,7 @@ from figkd.data import (  # noqa: F401  (importing a reader registers it)
     digits,
     image_folder,
     mit67,
+    shards,
     stanford40,
     stanford_dogs,
     synthetic,
@@ -47,6 +48,7 @@ from figkd.data.mit67 import MITIndoor67
 from figkd.data.paired import PairedViews, build_paired_transforms
 from figkd.data.randaugment import Cutout, RandAugment
 from figkd.data.splits import DatasetSubset, stratified_split
+from figkd.data.shards import ShardDataset, read_shards, write_shards
 from figkd.data.stanford40 import Stanford40
 from figkd.data.stanford_dogs import StanfordDogs
 from figkd.data.tiny_imagenet import TinyImageNet, extract_tiny_imagenet_tar
@@ -64,10 +66,10 @@ __all__ = [
     "BatchAugment", "CIFAR100", "CUB200", "CorruptImageError", "Cutout", "DATA_ENV", "DATASETS",
     "DatasetEntry", "DatasetNotFoundError", "DatasetSubset", "Digits", "GPUBatchLoader",
     "ImageFileDataset", "ImageFolderDataset", "LargeImagePreset", "MITIndoor67", "PRESETS",
-    "PairedViews", "RandAugment", "SPLITS", "SmallImagePreset", "Stanford40", "StanfordDogs",
+    "PairedViews", "RandAugment", "SPLITS", "ShardDataset", "SmallImagePreset", "Stanford40", "StanfordDogs",
     "TensorImageCache", "TinyImageNet", "build_paired_transforms", "build_transforms",
     "build_uint8_cache", "dataset_error", "decode_to_uint8", "epoch_generator",
     "extract_tiny_imagenet_tar", "get_dataset_info", "get_preset", "list_datasets",
-    "list_presets", "load_dataset", "load_rgb", "register_dataset", "register_preset",
-    "resolve_root", "stratified_split",
+    "list_presets", "load_dataset", "read_shards", "load_rgb", "register_dataset", "register_preset",
+    "resolve_root", "stratified_split", "write_shards",
 ]
