@@ -13,15 +13,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from figkd.cli import main
 from figkd.config import load_config
-from figkd.data.synthetic import write_fake_cifar100
 from figkd.engine.trainer import build_method
 from figkd.losses import LOSSES
 from figkd.models import list_models
 
-import torch
+from conftest import tiny_run_overrides
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAIR_FILES = sorted(
@@ -88,27 +88,17 @@ def test_paper_numbers_are_recorded(method: str, top1: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def cifar_and_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("data")
-    write_fake_cifar100(root, train_per_class=2, test_per_class=1)
+def cifar_and_teacher(
+    fake_cifar100: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    root = fake_cifar100
     out = tmp_path_factory.mktemp("teacher")
     argv = ["train", str(CONFIGS / "cifar100/teacher/resnet32x4.yaml"), *_small(root)]
     assert main([*argv, "model.name=resnet8", "--output-dir", str(out), "--name", "t"]) == 0
     return root, out / "t/seed0/checkpoints/last.pt"
 
 
-def _small(root: Path) -> list[str]:
-    return [
-        f"data.root={root}",
-        "data.batch_size=16",
-        "data.eval_batch_size=100",
-        "data.num_workers=0",
-        "train.epochs=1",
-        "train.max_steps_per_epoch=2",
-        "train.device=cpu",
-        "train.num_threads=1",
-        "train.progress=none",
-    ]
+_small = tiny_run_overrides
 
 
 @pytest.mark.parametrize("method", BASELINES)

@@ -17,31 +17,19 @@ import pytest
 
 from figkd.cli import main
 from figkd.config import load_config
-from figkd.data.synthetic import write_fake_cifar100
 from figkd.engine import Trainer
+
+from conftest import tiny_run_overrides
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cifar100"
 
 
-@pytest.fixture(scope="module")
-def cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_fake_cifar100(root, train_per_class=2, test_per_class=1)
-    return root
+@pytest.fixture
+def cifar(fake_cifar100: Path) -> Path:
+    return fake_cifar100
 
 
-def _small(cifar: Path) -> list[str]:
-    return [
-        f"data.root={cifar}",
-        "data.batch_size=16",
-        "data.eval_batch_size=100",
-        "data.num_workers=0",
-        "train.epochs=1",
-        "train.max_steps_per_epoch=2",
-        "train.device=cpu",
-        "train.num_threads=1",
-        "train.progress=none",
-    ]
+_small = tiny_run_overrides
 
 
 def _quick_tour(

@@ -17,6 +17,8 @@ from figkd.losses import DistillationLoss, build_loss
 from figkd.losses.fitnet import FitNetLoss
 from figkd.models import create_model
 
+from conftest import tiny_run_overrides
+
 
 class Probe(DistillationLoss):
     """Records what the distiller passes; the loss is the student's mean squared logit."""
@@ -271,27 +273,12 @@ def test_resume_with_trainable_connectors_is_bit_identical(
 CIFAR_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cifar100"
 
 
-@pytest.fixture(scope="module")
-def cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from figkd.data.synthetic import write_fake_cifar100
-
-    root = tmp_path_factory.mktemp("cifar")
-    write_fake_cifar100(root, train_per_class=2, test_per_class=1)
-    return root
+@pytest.fixture
+def cifar(fake_cifar100: Path) -> Path:
+    return fake_cifar100
 
 
-def _cifar_small(cifar: Path) -> list[str]:
-    return [
-        f"data.root={cifar}",
-        "data.batch_size=16",
-        "data.eval_batch_size=100",
-        "data.num_workers=0",
-        "train.epochs=1",
-        "train.max_steps_per_epoch=2",
-        "train.device=cpu",
-        "train.num_threads=1",
-        "train.progress=none",
-    ]
+_cifar_small = tiny_run_overrides
 
 
 def _run_shipped(cifar: Path, out: Path, method: str, teacher: str | None, swap: list[str]) -> dict:

@@ -1,0 +1,32 @@
+"""Fixtures shared by the tests that run shipped CIFAR-100 configs end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from figkd.data.synthetic import write_fake_cifar100
+
+
+@pytest.fixture(scope="session")
+def fake_cifar100(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local ``cifar-100-python`` copy in the official pickle format: 2 train, 1 test image a class."""
+    root = tmp_path_factory.mktemp("fake_cifar100")
+    write_fake_cifar100(root, train_per_class=2, test_per_class=1)
+    return root
+
+
+def tiny_run_overrides(root: Path) -> list[str]:
+    """``key=value`` overrides that turn any shipped config into a two-step CPU run on ``root``."""
+    return [
+        f"data.root={root}",
+        "data.batch_size=16",
+        "data.eval_batch_size=100",
+        "data.num_workers=0",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "train.device=cpu",
+        "train.num_threads=1",
+        "train.progress=none",
+    ]
