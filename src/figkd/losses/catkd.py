@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
+from figkd.losses.feature_utils import require_setup
 from figkd.losses.validation import check_weight
 
 
@@ -180,8 +181,7 @@ class CATKDLoss(DistillationLoss):
         teacher_features: Any = None,
         **context: Any,
     ) -> dict[str, Tensor]:
-        if self._sources is None:
-            raise RuntimeError("CATKDLoss.setup(student, teacher, ...) must run before forward")
+        require_setup(self, "_sources")
         if student_features is None or teacher_features is None:
             raise ValueError("CAT-KD needs student_features= and teacher_features=")
         a_s = self.cams(student_features, 0)

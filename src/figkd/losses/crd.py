@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
+from figkd.losses.feature_utils import require_setup
 from figkd.losses.kd import check_temperature, kd_divergence
 from figkd.losses.validation import check_weight
 
@@ -302,8 +303,7 @@ class CRDLoss(DistillationLoss):
         index: Tensor | None = None,
         **context: Any,
     ) -> dict[str, Tensor]:
-        if self.embed_s is None:
-            raise RuntimeError("CRDLoss.setup(student, teacher, ...) must run before forward")
+        require_setup(self, "embed_s")
         if student_features is None or teacher_features is None:
             raise ValueError("CRD needs student_features= and teacher_features=")
         if index is None:

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
+from figkd.losses.feature_utils import require_setup
 from figkd.losses.validation import check_weight
 
 
@@ -208,8 +209,7 @@ class OFDLoss(DistillationLoss):
         teacher_features: Any = None,
         **context: Any,
     ) -> dict[str, Tensor]:
-        if self.connectors is None:
-            raise RuntimeError("OFDLoss.setup(student, teacher, ...) must run before forward")
+        require_setup(self, "connectors")
         if student_features is None or teacher_features is None:
             raise ValueError("OFD needs student_features= and teacher_features=")
         s_pre = list(student_features["preact_stages"])[-self.num_stages:]

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
+from figkd.losses.feature_utils import require_setup
 from figkd.losses.validation import check_weight
 
 
@@ -171,8 +172,7 @@ class ReviewKDLoss(DistillationLoss):
         epoch: Any = None,
         **context: Any,
     ) -> dict[str, Tensor]:
-        if self.abfs is None:
-            raise RuntimeError("ReviewKDLoss.setup(student, teacher, ...) must run before forward")
+        require_setup(self, "abfs")
         if student_features is None or teacher_features is None:
             raise ValueError("ReviewKD needs student_features= and teacher_features=")
         ramp = warmup_factor(epoch, self.warmup_epochs)
