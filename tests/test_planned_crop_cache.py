@@ -208,8 +208,10 @@ def test_cached_logits_equal_a_live_teacher_on_the_planned_views(
                             mean=IMAGENET_MEAN, std=IMAGENET_STD)
     needed = torch.ones(2, len(planned), dtype=torch.bool)
     needed[1, :5] = False
+    rng = torch.get_rng_state()
     cache, info = load_or_build_planned(teacher, fields, planned, tmp_path, needed, batch_size=7)
     assert info["status"] == "built" and info["computed"] == int(needed.sum())
+    assert torch.equal(torch.get_rng_state(), rng)  # a build leaves the global RNG alone
     assert torch.isnan(cache.logits[1, :5].float()).all()
     for epoch in (1, 2):
         for index in range(len(planned)):

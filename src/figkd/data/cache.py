@@ -134,8 +134,11 @@ def decode_to_uint8(dataset: Any, size: int | None = None, num_workers: int = 0)
     count = len(dataset)
     if count == 0:
         raise ValueError("cannot cache an empty dataset")
+    # A private generator: a DataLoader draws its base seed from the global RNG otherwise,
+    # and a run that builds the cache would then initialise its model differently from a
+    # run that finds the cache already built.
     chunks = DataLoader(_DecodedImages(dataset, size), batch_size=256, num_workers=num_workers,
-                        collate_fn=list)
+                        collate_fn=list, generator=torch.Generator())
     out: torch.Tensor | None = None
     index = 0
     for chunk in chunks:

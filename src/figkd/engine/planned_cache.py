@@ -98,7 +98,8 @@ class PlannedLogitCache:
                     continue
                 dataset.set_epoch(epoch)
                 loader = DataLoader(Subset(dataset, index.tolist()), batch_size=batch_size,
-                                    shuffle=False, num_workers=num_workers)
+                                    shuffle=False, num_workers=num_workers,
+                                    generator=torch.Generator())  # leave the global RNG alone
                 at = 0
                 for images, _ in loader:
                     rows = index[at : at + len(images)]
