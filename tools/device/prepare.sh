@@ -56,15 +56,21 @@ for p in $parts; do echo "  $DATA/$p: $(du -sk $DATA/$p | awk '{printf "%.1f", $
 echo
 echo "Device calls, back to back (the machine goes back 30 s after a call; a fresh one has none of the parts):"
 n=0
+last=""
+for p in $parts; do last=$p; done
 for p in $parts; do
   n=$((n + 1))
   if [ $n -eq 1 ]; then
-    echo "  run(carry=[\".whl\", \"$DATA/$p\", \"$DATA/pack.json\"], timeout_s=300, command=\"bash tools/device/throughput.sh\")"
-    echo "      # or command=\"true\" to only stage this part"
+    echo "  run(carry=[\".whl\", \"$DATA/$p\", \"$DATA/pack.json\"], timeout_s=120, command=\"true\")"
+    echo "      # or command=\"bash tools/device/throughput.sh\", timeout_s=300: the speed timing"
+  elif [ "$p" != "$last" ] || [ -d .device/state ]; then
+    echo "  run(carry=[\"$DATA/$p\"], timeout_s=120, command=\"true\")"
   else
     echo "  run(carry=[\"$DATA/$p\"], timeout_s=600, command=\"bash tools/device/short_tier.sh\")"
   fi
 done
-echo "  run(carry=[], timeout_s=600, command=\"bash tools/device/short_tier.sh\")   # again while runs remain; each resumes"
-echo "Each short_tier call stops itself at 540 s and returns study.md, study.json, report.csv/.md, plan.txt,"
-echo "device_log_tail.txt and runs_nockpt.tar.gz (configs, metrics, summaries) in \$OUT."
+if [ -d .device/state ]; then
+  echo "  run(carry=[\".device/state\"], timeout_s=600, command=\"bash tools/device/short_tier.sh\")   # continues the mirror"
+fi
+echo "Each short_tier call stops itself at 540 s and returns study.md, results.tar.gz and state/ in \$OUT."
+echo "Then, here: bash tools/device/collect.sh <files_at>   (merges state/ into .device/state for the next session)"

@@ -9,6 +9,9 @@
 #   STUDY_ARGS="--epochs 2 --seeds 0 ..."   extra `figkd study` options (none on the device)
 #   OVERRIDES="train.channels_last=true teacher.cache=auto"   key=value for every run
 #   PY=python3   the interpreter (the device image's, which has torch)
+#   STATE_IN=.device/state   a carried `figkd state` folder to continue from (if present)
+#   STATE_MIB=59   the state returned in $OUT/state (parts of 15 MiB); the resnet32x4
+#                  teacher's last.pt alone is 56.9 MiB, and repo + state must carry in 64
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-python3}
@@ -21,6 +24,8 @@ STUDY_OUT=${STUDY_OUT:-.device/study}
 STUDY_ARGS=${STUDY_ARGS:-}
 OVERRIDES=${OVERRIDES:-train.channels_last=true teacher.cache=auto}
 OUT=${OUT:-.device/out}
+STATE_IN=${STATE_IN:-.device/state}
+STATE_MIB=${STATE_MIB:-59}
 mkdir -p "$OUT" "$STUDY_OUT"
 LOG=$STUDY_OUT/device.log
 started=$(date +%s)
@@ -53,6 +58,13 @@ then
   exit 3
 fi
 
+# Progress of earlier sessions (carried from here by collect.sh's mirror): run by run, the
+# further-along copy wins, so importing again on a warm machine changes nothing.
+if [ -d "$STATE_IN" ]; then
+  "$PY" -m figkd state import "$STATE_IN" "$STUDY_OUT" 2>&1 | tee -a "$LOG" \
+    || { echo "short_tier: importing $STATE_IN failed (see above)"; exit 4; }
+fi
+
 common=(--tier "$TIER" --dataset uint8-shards --data-root "$SHARDS" --out "$STUDY_OUT" --amp "$AMP")
 # shellcheck disable=SC2206
 extra=($STUDY_ARGS)
@@ -74,13 +86,20 @@ fi
 "$PY" -m figkd study "${common[@]}" "${extra[@]}" "${items[@]}" --plan > "$OUT/plan.txt" 2>&1
 
 dir=$STUDY_OUT/$TIER
-for f in study.md study.json report.csv report.md; do
-  [ -f "$dir/$f" ] && cp "$dir/$f" "$OUT/$f"
-done
-tail -n 200 "$LOG" > "$OUT/device_log_tail.txt"
-# Every run's config, metrics and summary (no checkpoints, no TensorBoard): small evidence.
-( cd "$STUDY_OUT" && find "$TIER" \( -name checkpoints -o -name tensorboard -o -name logs -o -name data \) -prune -o -type f -print \
-    | tar -czf - -T - ) > "$OUT/runs_nockpt.tar.gz" 2>/dev/null
+# At most 8 files come back: study.md, results.tar.gz, state/state.json + <= 4 parts.
+[ -f "$dir/study.md" ] && cp "$dir/study.md" "$OUT/study.md"
+# What the next session needs to continue (teacher.pt, killed runs' last.pt, every summary).
+"$PY" -m figkd state export "$STUDY_OUT" "$OUT/state" --budget-mib "$STATE_MIB" --part-mib 15 \
+  2>&1 | tee -a "$LOG"
 failed=$(grep -c '"status": "failed"' "$dir/study.json" 2>/dev/null)
 echo "== short_tier: exit $status after $(( $(date +%s) - started )) s; ${failed:-0} failed run(s) in study.json" | tee -a "$LOG"
+# Tables, the plan, the log, and every run's config/metrics/summary (no checkpoints).
+pack=$(mktemp -d)
+mkdir -p "$pack/results"
+for f in study.json report.csv report.md; do [ -f "$dir/$f" ] && cp "$dir/$f" "$pack/results/"; done
+mv "$OUT/plan.txt" "$pack/results/plan.txt"
+tail -n 300 "$LOG" > "$pack/results/device_log_tail.txt"
+( cd "$STUDY_OUT" && find "$TIER" \( -name checkpoints -o -name tensorboard -o -name logs -o -name data \) -prune -o -type f -print \
+    | tar -cf - -T - ) | tar -xf - -C "$pack/results" 2>/dev/null
+tar -czf "$OUT/results.tar.gz" -C "$pack" results && rm -rf "$pack"
 exit "$status"

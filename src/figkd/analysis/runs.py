@@ -57,9 +57,12 @@ def load_run(
     test = load_dataset(
         cfg.data.dataset, root, "test", build_transforms(preset, train=False), **cfg.data.args
     )
+    path = run_dir / "checkpoints" / checkpoint
+    if checkpoint == "last.pt" and not path.is_file() and (path.parent / "teacher.pt").is_file():
+        path = path.parent / "teacher.pt"  # a study teacher moved without last.pt: same weights
     model, _ = load_teacher(
         cfg.model.name,
-        run_dir / "checkpoints" / checkpoint,
+        path,
         len(test.classes),
         in_channels=len(preset.mean),
         args=cfg.model.args,

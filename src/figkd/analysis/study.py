@@ -403,7 +403,8 @@ class Study:
     teachers: dict[str, Job] = field(default_factory=dict)  # pair name -> teacher job
 
     def teacher_checkpoint(self, pair: Pair) -> Path:
-        return self.teachers[pair.name].run_dir / "checkpoints" / "last.pt"
+        """The weights-only file students distil from (see :func:`teacher_weights`)."""
+        return self.teachers[pair.name].run_dir / "checkpoints" / TEACHER_WEIGHTS
 
 
 #: config keys that say how a run executes, not what it computes (left out of the teacher key)
@@ -565,6 +566,34 @@ def student_jobs(study: Study, teacher_sha256: dict[str, str], write: bool = Tru
 
 
 # --------------------------------------------------------------------------- running
+
+#: a finished teacher's final weights without optimizer/RNG state: half the size of
+#: ``last.pt``, which matters when a study's state must travel between machines
+TEACHER_WEIGHTS = "teacher.pt"
+#: what ``teacher.pt`` keeps of ``last.pt``
+_WEIGHT_KEYS = ("format", "model", "arch", "num_classes", "epoch", "config")
+
+
+def teacher_weights(run_dir: Path) -> Path:
+    """``checkpoints/teacher.pt`` of a finished teacher run, written once from ``last.pt``.
+
+    Students pin this file's SHA-256, so it is never rewritten once it exists.
+    """
+    from figkd.engine.checkpoint import load_weights_only, save_atomic
+
+    target = run_dir / "checkpoints" / TEACHER_WEIGHTS
+    if target.is_file():
+        return target
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} finished but has neither {TEACHER_WEIGHTS} nor last.pt; train the "
+            f"teacher again (delete {run_dir}) or import a state that holds {TEACHER_WEIGHTS}"
+        )
+    payload = load_weights_only(last, map_location="cpu")
+    save_atomic({k: payload[k] for k in _WEIGHT_KEYS if k in payload}, target)
+    return target
+
 
 
 def run_state(run_dir: Path, epochs: int, teacher_sha256: str | None = None) -> str:
@@ -735,11 +764,11 @@ def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = N
     from figkd.models.checkpoint import file_sha256
 
     for pair in study.tier.pairs:
-        checkpoint = study.teacher_checkpoint(pair)
-        failed = any(o.status == "failed" and o.job.run_dir == checkpoint.parent.parent
-                     for o in outcomes)
-        if not failed and checkpoint.is_file():
-            shas[pair.name] = file_sha256(checkpoint)
+        job = study.teachers[pair.name]
+        failed = any(o.status == "failed" and o.job.run_dir == job.run_dir for o in outcomes)
+        finished = run_state(job.run_dir, job.config.train.epochs) == "finished"
+        if not failed and finished:
+            shas[pair.name] = file_sha256(teacher_weights(job.run_dir))
         else:
             say(f"  no teacher for {pair.name}: its students are left out")
     jobs = student_jobs(study, shas)

@@ -27,16 +27,14 @@ from figkd.commands.train import HelpFormatter
 
 def find_pairs(folder: Path, seed: int) -> list[dict[str, Path]]:
     """``{"teacher": ..., "kd": ..., "figkd": ..., "ce": ...}`` run folders for each pair."""
-    from figkd.analysis.runs import read_run_config
-
     pairs = []
     for run in sorted(folder.rglob(f"figkd/seed{seed}/config.yaml")):
         figkd = run.parent
         base = figkd.parent.parent
         found = {}
-        teacher_ckpt = read_run_config(figkd).teacher.checkpoint
-        if teacher_ckpt and Path(teacher_ckpt).is_file():
-            found["teacher"] = Path(teacher_ckpt).parent.parent
+        teacher_ckpt = find_teacher_checkpoint(figkd, folder)
+        if teacher_ckpt is not None:
+            found["teacher"] = teacher_ckpt.parent.parent
         for name in ("ce", "kd"):
             candidate = base / name / f"seed{seed}"
             if (candidate / "checkpoints" / "last.pt").is_file():
@@ -46,6 +44,28 @@ def find_pairs(folder: Path, seed: int) -> list[dict[str, Path]]:
     if not pairs:
         raise FileNotFoundError(f"no figkd/seed{seed} run below {folder}")
     return pairs
+
+
+def find_teacher_checkpoint(student: Path, folder: Path) -> Path | None:
+    """The file ``student`` distilled from: its config's path, or, for runs moved from
+    another machine, the checkpoint below ``folder`` with the SHA-256 its summary records."""
+    import json
+
+    from figkd.analysis.runs import read_run_config
+    from figkd.models.checkpoint import file_sha256
+
+    recorded = read_run_config(student).teacher.checkpoint
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    summary = student / "summary.json"
+    if not summary.is_file():
+        return None
+    sha = (json.loads(summary.read_text()).get("teacher") or {}).get("sha256")
+    for name in ("teacher.pt", "last.pt"):
+        for candidate in sorted(folder.rglob(f"checkpoints/{name}")):
+            if sha and file_sha256(candidate) == sha:
+                return candidate
+    return None
 
 
 def run(args: argparse.Namespace) -> int:

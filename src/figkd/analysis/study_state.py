@@ -1,0 +1,533 @@
+"""A study's progress as a size-capped bundle, for machines lent for minutes (``figkd state``).
+
+A borrowed GPU machine starts bare and returns only a few files per call (tools/device: 64 MiB,
+8 files of at most 16 MiB), so a study longer than one session continues only if what it
+needs travels back and out again.  :func:`export_state` bundles, keeping the state the
+receiver will hold within ``budget`` bytes (so that it can travel out again under the same cap):
+
+1. every run's small files (``config.yaml``, ``metrics.jsonl``, ``summary.json``): the
+   evidence, and how a study knows a run is finished;
+2. each finished teacher's ``checkpoints/teacher.pt`` (students pin its SHA-256);
+3. each killed run's ``checkpoints/last.pt`` (resumes bit for bit), teachers first, then the
+   runs furthest along; then, if room is left, their ``best.pt``.
+
+A run whose needed files do not fit is *dropped*: listed in the manifest, not sent, and the
+receiver keeps whatever older state of it it has.  A file unchanged since the last
+:func:`import_state` into the exporting folder is *kept*: named with its SHA-256 but not
+re-sent, because the folder it was imported from still has it.
+
+:func:`import_state` merges a bundle (or a plain study folder) into a study folder.  A run is
+taken only when it is further along than the local copy (finished > killed at a later epoch
+> killed earlier > absent); every file is checked against its SHA-256 first, and a run is
+replaced in one rename, so an interrupted import leaves each run either old or new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+#: the manifest of a bundle; its parts are slices of one uncompressed tar stream
+MANIFEST = "state.json"
+PART_NAME = "state.tar.{:02d}"
+#: written into a study folder by an import: ``{path: sha256}`` of every file it placed
+IMPORTED = ".figkd-state-imported.json"
+#: a study's tables, next to its runs (``<out>/<tier>/``): carried for reading, never merged
+TABLE_FILES = ("study.md", "study.json", "report.md", "report.csv")
+#: per-run folders that are never carried (TensorBoard restarts its files on resume)
+SKIPPED = ("tensorboard",)
+CHECKPOINTS = "checkpoints"
+TEACHER_WEIGHTS = "checkpoints/teacher.pt"
+LAST = "checkpoints/last.pt"
+BEST = "checkpoints/best.pt"
+MIB = 1 << 20
+
+Printer = Callable[[str], None]
+
+
+@dataclass
+class RunState:
+    """One run folder as carried: where it is, how far it got, and its files."""
+
+    path: str  # relative to the study folder, POSIX separators
+    status: str  # "finished" or "partial"
+    epoch: int
+    teacher: bool
+    files: dict[str, str] = field(default_factory=dict)  # path in the run -> SHA-256
+    sent: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # the receiver has these (last import)
+    complete: bool = True  # False: dropped, over the budget
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        return (2 if self.status == "finished" else 1, self.epoch)
+
+
+# --------------------------------------------------------------------------- reading a folder
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(MIB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Run folders below ``root``: folders holding a ``config.yaml`` (the engine's layout)."""
+    return sorted(p.parent for p in root.rglob("config.yaml") if not _hidden(p, root))
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def run_progress(run_dir: Path) -> tuple[str, int]:
+    """("finished", epochs) from ``summary.json``, ("partial", epoch) from ``last.pt``, or
+    ("new", 0) when nothing can be resumed."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        if data.get("status") == "finished":
+            return "finished", int(data.get("epochs", 0))
+    last = run_dir / LAST
+    if last.is_file():
+        from figkd.engine.checkpoint import load_weights_only
+
+        return "partial", int(load_weights_only(last).get("epoch", 0))
+    return "new", 0
+
+
+def _is_teacher(run_dir: Path, root: Path) -> bool:
+    return (run_dir / TEACHER_WEIGHTS).is_file() or "teachers" in run_dir.relative_to(root).parts
+
+
+def _small_files(run_dir: Path) -> list[str]:
+    names = []
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir)
+        if not path.is_file() or rel.parts[0] in (CHECKPOINTS, *SKIPPED):
+            continue
+        if any(part.startswith(".") for part in rel.parts):  # temporaries of atomic writes
+            continue
+        names.append(rel.as_posix())
+    return names
+
+
+def describe_run(run_dir: Path, root: Path) -> RunState | None:
+    """The run as it would be carried (``None`` for a run with nothing to resume)."""
+    status, epoch = run_progress(run_dir)
+    if status == "new":
+        return None
+    teacher = _is_teacher(run_dir, root)
+    if status == "finished" and teacher and not (run_dir / TEACHER_WEIGHTS).is_file():
+        from figkd.analysis.study import teacher_weights
+
+        teacher_weights(run_dir)  # a teacher killed between its summary and teacher.pt
+    return RunState(run_dir.relative_to(root).as_posix(), status, epoch, teacher)
+
+
+def required_heavy(run: RunState) -> list[str]:
+    if run.status == "partial":
+        return [LAST]
+    return [TEACHER_WEIGHTS] if run.teacher else []
+
+
+def optional_heavy(run: RunState) -> list[str]:
+    return [BEST] if run.status == "partial" else []
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _tar_cost(size: int) -> int:
+    """Bytes a file takes in a tar stream: a 512-byte header and 512-byte blocks."""
+    return 512 + -(-size // 512) * 512
+
+
+def _priority(run: RunState) -> tuple:
+    # finished runs first (cheap and final), then killed teachers (their students wait on
+    # them), then killed students furthest along (the most work saved per byte)
+    return (run.status != "finished", not run.teacher, -run.epoch, run.path)
+
+
+def plan_export(root: Path, budget: int) -> tuple[list[RunState], list[str], dict[str, int]]:
+    """(runs with ``sent``/``kept``/``complete`` filled, table files, bytes of each sent file).
+
+    The budget bounds the *whole* state the receiver holds afterwards, kept files included,
+    so that the receiver's copy can travel out again under the same limit: the runs imported
+    earlier count as they were (the receiver still holds them), and carrying a run's newer
+    state costs the difference.  Finished runs usually free room (no checkpoints).
+    """
+    imported = _read_imported(root)
+    runs = [r for d in find_run_dirs(root) if (r := describe_run(d, root)) is not None]
+    runs.sort(key=_priority)
+    tables = sorted(
+        p.relative_to(root).as_posix()
+        for name in TABLE_FILES
+        for p in [root / name, *root.glob(f"*/{name}")]
+        if p.is_file()
+    )
+    sizes: dict[str, int] = {rel: (root / rel).stat().st_size for rel in tables}
+    used = 1024 + sum(_tar_cost(n) for n in sizes.values())  # the tar end blocks, the tables
+    used += sum(_tar_cost(entry["bytes"]) for entry in imported.values())
+
+    def held(run: RunState) -> int:  # what the receiver holds of this run now
+        prefix = run.path + "/"
+        return sum(_tar_cost(e["bytes"]) for k, e in imported.items() if k.startswith(prefix))
+
+    def cost(run: RunState, names: list[str]) -> int:
+        for name in names:
+            run.files.setdefault(name, sha256_file(root / run.path / name))
+        return sum(_tar_cost((root / run.path / n).stat().st_size) for n in names)
+
+    def take(run: RunState, names: list[str]) -> None:
+        for name in names:
+            key = f"{run.path}/{name}"
+            if imported.get(key, {}).get("sha256") == run.files[name]:
+                run.kept.append(name)
+            else:
+                run.sent.append(name)
+                sizes[key] = (root / key).stat().st_size
+
+    for run in runs:
+        needed = _small_files(root / run.path) + required_heavy(run)
+        missing = [n for n in needed if not (root / run.path / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{root / run.path} lacks {', '.join(missing)}")
+        change = cost(run, needed) - held(run)
+        if change > 0 and used + change > budget:  # what frees room is always taken
+            run.complete = False
+            run.files = {}
+            continue
+        used += change
+        take(run, needed)
+    for run in runs:  # then best.pt of the killed runs, while room is left
+        if not run.complete:
+            continue
+        extra = [n for n in optional_heavy(run) if (root / run.path / n).is_file()]
+        if extra and used + (price := cost(run, extra)) <= budget:
+            used += price
+            take(run, extra)
+        else:
+            for name in extra:
+                run.files.pop(name, None)
+    return runs, tables, sizes
+
+
+class _PartWriter(io.RawIOBase):
+    """A byte stream cut into files of at most ``part_bytes`` (``state.tar.00``, ``.01``...)."""
+
+    def __init__(self, folder: Path, part_bytes: int) -> None:
+        self.folder, self.part_bytes = folder, part_bytes
+        self.parts: list[Path] = []
+        self.handle: Any = None
+        self.left = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            if self.left == 0:
+                self._next()
+            step = min(self.left, len(view) - done)
+            self.handle.write(view[done : done + step])
+            done += step
+            self.left -= step
+        return done
+
+    def _next(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        path = self.folder / PART_NAME.format(len(self.parts))
+        self.parts.append(path)
+        self.handle = open(path, "wb")
+        self.left = self.part_bytes
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+        super().close()
+
+
+def export_state(
+    root: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    budget_mib: float = 58.0,
+    part_mib: float = 15.0,
+    say: Printer = print,
+) -> dict[str, Any]:
+    """Write ``state.json`` and ``state.tar.NN`` parts of study folder ``root`` into ``dest``."""
+    root, dest = Path(root), Path(dest)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no study folder {root}")
+    if part_mib <= 0 or budget_mib <= 0:
+        raise ValueError(f"budget_mib and part_mib must be positive, got {budget_mib}, {part_mib}")
+    runs, tables, sizes = plan_export(root, int(budget_mib * MIB))
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in [*dest.glob("state.tar.*"), dest / MANIFEST]:
+        if old.is_file():
+            old.unlink()
+    members = list(tables) + [f"{r.path}/{n}" for r in runs if r.complete for n in r.sent]
+    writer = _PartWriter(dest, max(512, int(part_mib * MIB)))
+    with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for rel in members:
+            info = tarfile.TarInfo(rel)
+            info.size = sizes[rel]
+            info.mtime = int((root / rel).stat().st_mtime)
+            with open(root / rel, "rb") as handle:
+                tar.addfile(info, handle)
+    writer.close()
+    manifest = {
+        "format": FORMAT,
+        "source": str(root.resolve()),
+        "parts": [{"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                  for p in writer.parts],
+        "tables": tables,
+        "runs": [asdict(r) for r in runs],
+    }
+    _write_json(dest / MANIFEST, manifest)
+    total = sum(p["bytes"] for p in manifest["parts"])
+    dropped = [r.path for r in runs if not r.complete]
+    say(
+        f"state: {len(runs) - len(dropped)} run(s) carried "
+        f"({sum(r.status == 'finished' for r in runs if r.complete)} finished), "
+        f"{len(dropped)} dropped over the {budget_mib:g} MiB budget; {len(writer.parts)} "
+        f"part(s), {total / MIB:.1f} MiB, in {dest}"
+    )
+    for path in dropped:
+        say(f"  dropped: {path} (its progress since the last import is lost)")
+    return manifest
+
+
+# --------------------------------------------------------------------------- import
+
+
+@dataclass
+class ImportReport:
+    taken: list[str] = field(default_factory=list)  # runs replaced by the incoming ones
+    kept_local: list[str] = field(default_factory=list)  # local copy as far or further
+    incomplete: list[str] = field(default_factory=list)  # dropped at export / files missing
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    data = json.loads((folder / MANIFEST).read_text())
+    if data.get("format") != FORMAT:
+        raise ValueError(
+            f"{folder / MANIFEST} has state format {data.get('format')!r}; this figkd reads "
+            f"format {FORMAT}: import it with the figkd version that exported it"
+        )
+    return data
+
+
+def _unpack_bundle(folder: Path, staging: Path) -> dict[str, Any]:
+    """Check every part and unpack the tar stream into ``staging``; returns the manifest."""
+    manifest = read_manifest(folder)
+    for part in manifest["parts"]:
+        path = folder / part["name"]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"bundle {folder} lacks {part['name']}: fetch every state.tar.NN its "
+                f"{MANIFEST} lists"
+            )
+        if path.stat().st_size != part["bytes"] or sha256_file(path) != part["sha256"]:
+            raise ValueError(f"{path} is damaged (size or SHA-256 differs from {MANIFEST})")
+    with _JoinedParts([folder / p["name"] for p in manifest["parts"]]) as stream:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                target = (staging / member.name).resolve()
+                if not member.isfile() or staging.resolve() not in target.parents:
+                    raise ValueError(f"bundle {folder} holds an unexpected entry {member.name!r}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None
+                with open(target, "wb") as handle:
+                    shutil.copyfileobj(source, handle)
+    return manifest
+
+
+class _JoinedParts(io.RawIOBase):
+    """The parts read back as one stream."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = list(paths)
+        self.handle: Any = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            if self.handle is None:
+                if not self.paths:
+                    return 0
+                self.handle = open(self.paths.pop(0), "rb")
+            count = self.handle.readinto(buffer)
+            if count:
+                return count
+            self.handle.close()
+            self.handle = None
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        super().close()
+
+
+def _folder_runs(source: Path) -> list[RunState]:
+    """A plain study folder read as a bundle: every run, every file carried."""
+    runs = []
+    for run_dir in find_run_dirs(source):
+        run = describe_run(run_dir, source)
+        if run is None:
+            continue
+        names = _small_files(run_dir) + [
+            n for n in (*required_heavy(run), *optional_heavy(run)) if (run_dir / n).is_file()
+        ]
+        run.files = {n: sha256_file(run_dir / n) for n in names}
+        run.sent = names
+        run.complete = all((run_dir / n).is_file() for n in required_heavy(run))
+        runs.append(run)
+    return runs
+
+
+def _local_rank(run_dir: Path) -> tuple[int, int]:
+    if not run_dir.is_dir():
+        return (0, 0)
+    status, epoch = run_progress(run_dir)
+    return {"finished": 2, "partial": 1}.get(status, 0), epoch
+
+
+def import_state(
+    source: str | os.PathLike[str], root: str | os.PathLike[str], say: Printer = print
+) -> ImportReport:
+    """Merge a bundle folder (``state.json`` + parts) or a study folder into study ``root``."""
+    source, root = Path(source), Path(root)
+    if not source.is_dir():
+        raise FileNotFoundError(f"no state to import at {source} (a bundle or a study folder)")
+    root.mkdir(parents=True, exist_ok=True)
+    report = ImportReport()
+    imported = _read_imported(root)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".state-incoming-") as tmp:
+        staging = Path(tmp)
+        if (source / MANIFEST).is_file():
+            manifest = _unpack_bundle(source, staging)
+            runs = [RunState(**r) for r in manifest["runs"]]
+            incoming, tables = staging, manifest["tables"]
+        else:
+            runs, incoming, tables = _folder_runs(source), source, []
+        for rel in tables:
+            _copy_atomic(incoming / rel, root / rel)
+        for run in runs:
+            local = root / run.path
+            if not run.complete:
+                report.incomplete.append(run.path)
+                continue
+            if _local_rank(local) >= run.rank:
+                report.kept_local.append(run.path)
+                continue
+            problem = _check_files(run, incoming, local)
+            if problem:
+                say(f"  not imported: {run.path}: {problem}")
+                report.incomplete.append(run.path)
+                continue
+            _replace_run(run, incoming, local, staging)
+            imported = {k: v for k, v in imported.items() if not k.startswith(run.path + "/")}
+            imported.update({
+                f"{run.path}/{n}": {"sha256": digest, "bytes": (local / n).stat().st_size}
+                for n, digest in run.files.items()
+            })
+            report.taken.append(run.path)
+    _write_json(root / IMPORTED, imported)
+    say(
+        f"state: imported {len(report.taken)} run(s) into {root}; {len(report.kept_local)} "
+        f"local run(s) as far or further kept; {len(report.incomplete)} not carried"
+    )
+    return report
+
+
+def _check_files(run: RunState, incoming: Path, local: Path) -> str | None:
+    for name, digest in run.files.items():
+        where = incoming / run.path / name if name in run.sent else local / name
+        if not where.is_file():
+            return f"{name} is missing ({'not in the bundle' if name in run.sent else 'kept'})"
+        if sha256_file(where) != digest:
+            return f"{name} differs from its SHA-256 in the manifest"
+    return None
+
+
+def _replace_run(run: RunState, incoming: Path, local: Path, staging: Path) -> None:
+    """Build the new run folder beside the old one, then swap them with renames."""
+    fresh = staging / "runs" / run.path
+    fresh.mkdir(parents=True)
+    for name in run.files:
+        target = fresh / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        origin = incoming / run.path / name if name in run.sent else local / name
+        shutil.copy2(origin, target)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    old = staging / "old" / run.path
+    if local.exists():
+        old.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(local, old)
+    os.replace(fresh, local)
+
+
+def _copy_atomic(origin: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(origin, tmp)
+    os.replace(tmp, target)
+
+
+def _read_imported(root: Path) -> dict[str, dict[str, Any]]:
+    path = root / IMPORTED
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- showing
+
+
+def describe(source: str | os.PathLike[str]) -> Iterator[str]:
+    """Lines describing a bundle or a study folder: each run's state and carried bytes."""
+    source = Path(source)
+    if (source / MANIFEST).is_file():
+        manifest = read_manifest(source)
+        total = sum(p["bytes"] for p in manifest["parts"])
+        yield (f"bundle {source}: {len(manifest['parts'])} part(s), {total / MIB:.1f} MiB, "
+               f"exported from {manifest['source']}")
+        runs = [RunState(**r) for r in manifest["runs"]]
+    else:
+        runs = _folder_runs(source)
+        total = sum((source / r.path / n).stat().st_size for r in runs for n in r.sent)
+        yield f"study folder {source}: {total / MIB:.1f} MiB in carried files"
+    for run in sorted(runs, key=lambda r: r.path):
+        state = f"{run.status} at epoch {run.epoch}" if run.complete else "dropped"
+        heavy = [n.split("/")[-1] for n in run.sent if n.startswith(CHECKPOINTS)]
+        kept = [n.split("/")[-1] for n in run.kept]
+        extra = (f"; sends {', '.join(heavy)}" if heavy else "") + (
+            f"; keeps {', '.join(kept)}" if kept else ""
+        )
+        yield f"  {run.path}: {state}{extra}"

@@ -1,0 +1,61 @@
+"""``figkd state``: carry a study's progress between machines that are lent for minutes.
+
+    figkd state export .device/study $OUT --budget-mib 58   # on the lent machine, at the end
+    figkd state import /work/.device/files/... .device/state # here: merge what came back
+    figkd state import .device/state .device/study          # there, next time: continue
+    figkd state show .device/state                           # what a folder or bundle holds
+
+``export`` writes ``state.json`` and ``state.tar.NN`` parts of at most ``--part-mib`` (so
+each fits a file limit) and at most ``--budget-mib`` together: every run's config, metrics and
+summary, finished teachers' ``teacher.pt``, and killed runs' ``last.pt`` (teachers first, then
+the runs furthest along), then their ``best.pt``.  Runs that do not fit are listed as dropped;
+files unchanged since the last import are named, not re-sent.  ``import`` takes a bundle or a
+plain study folder and keeps, run by run, whichever copy is further along, after checking
+every file's SHA-256.  Then ``figkd study`` with the same ``--out`` resumes from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from figkd.cli import Command
+
+
+def run(args: argparse.Namespace) -> int:
+    from figkd.analysis import study_state
+
+    if args.action == "export":
+        study_state.export_state(
+            args.study, args.dest, budget_mib=args.budget_mib, part_mib=args.part_mib
+        )
+    elif args.action == "import":
+        report = study_state.import_state(args.source, args.study)
+        for path in report.taken:
+            print(f"  took {path}")
+    else:
+        for line in study_state.describe(args.folder):
+            print(line)
+    return 0
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    export = actions.add_parser("export", help="bundle a study folder's progress into DEST")
+    export.add_argument("study", help="the study's --out folder (e.g. runs/study)")
+    export.add_argument("dest", help="folder for state.json and state.tar.NN")
+    export.add_argument("--budget-mib", type=float, default=58.0, help="size of all parts")
+    export.add_argument("--part-mib", type=float, default=15.0, help="size of one part")
+    merge = actions.add_parser("import", help="merge a bundle or study folder into a study")
+    merge.add_argument("source", help="a bundle folder (state.json + parts) or a study folder")
+    merge.add_argument("study", help="the study's --out folder to merge into")
+    show = actions.add_parser("show", help="list the runs of a bundle or a study folder")
+    show.add_argument("folder")
+
+
+COMMAND = Command(
+    name="state",
+    help="export/import a study's progress as size-capped parts (for machines lent briefly)",
+    configure=configure,
+    run=run,
+    description=__doc__,
+)
