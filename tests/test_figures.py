@@ -113,3 +113,31 @@ def test_tsne_of_student_embeddings(pair_dir: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(arrays["figkd__embedding"], embedding, rtol=0, atol=1e-5)
     assert arrays["figkd__tsne"].shape == (12, 2) and np.isfinite(arrays["figkd__tsne"]).all()
     assert all(-1.0 <= m["silhouette"] <= 1.0 for m in record["models"].values())
+
+
+def test_pairs_of_a_study_moved_to_another_machine(pair_dir: Path, tmp_path: Path) -> None:
+    """After `figkd state` moved a study, the recorded teacher path no longer exists and the
+    teacher run holds only teacher.pt: the teacher is found by the SHA-256 its students
+    recorded, and loaded from teacher.pt."""
+    import shutil
+
+    from figkd.commands.figures import find_pairs
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(pair_dir.parent, moved)
+    teacher_run = next(moved.rglob("teachers/*/seed0"))
+    (teacher_run / "checkpoints" / "last.pt").unlink()
+    (teacher_run / "checkpoints" / "best.pt").unlink()
+    original = next(pair_dir.parent.rglob("teachers/*/seed0/checkpoints/teacher.pt"))
+    original.rename(original.with_suffix(".away"))  # the recorded path is gone
+    try:
+        (found,) = find_pairs(moved, 0)
+    finally:
+        original.with_suffix(".away").rename(original)
+    assert found["teacher"] == teacher_run
+    here = load_run(teacher_run)  # last.pt is gone: the same final weights from teacher.pt
+    there = load_run(original.parent.parent)
+    for key, value in there.model.state_dict().items():
+        assert torch.equal(here.model.state_dict()[key], value)
+    with pytest.raises(FileNotFoundError, match="best.pt"):
+        load_run(teacher_run, checkpoint="best.pt")  # no silent stand-in for another file
