@@ -7,6 +7,7 @@ fallback from torchvision's formulas, independently of figkd's planning code.
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +311,31 @@ def test_distillation_with_planned_cache_matches_the_live_teacher(
         torch.testing.assert_close(weights["fp16"][key], value, rtol=1e-4, atol=1e-5)
     # cache=none keeps the plain RandomResizedCrop path: other crops, other weights
     assert any(not torch.allclose(weights["none"][k], v) for k, v in weights["live"].items())
+
+
+def test_a_resumed_planned_run_computes_only_its_remaining_epochs(
+    tmp_path: Path, tree: Path, teacher_file: Path
+) -> None:
+    full = Trainer(run_cfg(tmp_path / "a", "full", tree, teacher_file, "on",
+                           cache_dtype="float32"), tmp_path / "full")
+    done = full.fit()
+
+    def killed(record: Any) -> None:
+        if record.epoch == 1:
+            raise RuntimeError("machine taken back")
+
+    cfg = run_cfg(tmp_path / "b", "cut", tree, teacher_file, "on", cache_dtype="float32")
+    with pytest.raises(RuntimeError, match="taken back"):
+        Trainer(cfg, tmp_path / "cut", on_epoch_end=killed).fit()
+    shutil.rmtree(tmp_path / "b" / "cache")  # resumed on a machine without the file
+    summary = Trainer(cfg, tmp_path / "cut", resume=True).fit()
+    per_epoch = (36 // 8) * 8  # 4 full batches of 8 (drop_last)
+    assert done["teacher_cache"]["computed"] == 2 * per_epoch
+    assert summary["teacher_cache"]["computed"] == per_epoch  # epoch 2 only
+    want = load_weights_only(tmp_path / "full" / "checkpoints/last.pt")["model"]
+    got = load_weights_only(tmp_path / "cut" / "checkpoints/last.pt")["model"]
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
 
 
 def test_methods_needing_features_fall_back_and_keep_plain_crops(

@@ -33,6 +33,7 @@ from figkd.engine.teacher_cache import (
     build_view_logits,
     cache_fields,
     load_or_build,
+    used_views,
 )
 from figkd.losses import KDLoss
 from figkd.models import create_model
@@ -171,8 +172,6 @@ def test_lookup_follows_the_loaders_augmentation() -> None:
 
 def test_used_views_cover_every_ddp_rank() -> None:
     """Rank 0 fills the file for all ranks: the plan replays each rank's shard."""
-    from figkd.engine.teacher_cache import used_views
-
     cache = TensorImageCache(torch.zeros(20, 1, 8, 8, dtype=torch.uint8), torch.arange(20),
                              [str(i) for i in range(20)], scale=16.0)
     views = CropFlipViews.from_preset(PRESET)
@@ -257,6 +256,40 @@ def test_distillation_with_the_cache_matches_the_live_teacher(
         # a wrong view (a different crop moves logits by O(1))
         torch.testing.assert_close(weights["fp16"][key], value, rtol=1e-4, atol=1e-5)
         assert torch.equal(weights["again"][key], weights["fp16"][key])
+
+
+def test_a_resumed_run_computes_only_the_views_it_still_needs(
+    tmp_path: Path, teacher_file: Path
+) -> None:
+    """A run killed after epoch 1 and resumed where the cache file is gone (another machine)
+    computes the views of epochs 2-3 only, and ends with the uninterrupted run's weights."""
+    import shutil
+
+    full = Trainer(run_cfg(tmp_path / "a", "full", teacher_file, "on", epochs=3),
+                   tmp_path / "full")
+    done = full.fit()
+
+    def killed(record: Any) -> None:
+        if record.epoch == 1:
+            raise RuntimeError("machine taken back")
+
+    cfg = run_cfg(tmp_path / "b", "cut", teacher_file, "on", epochs=3)
+    with pytest.raises(RuntimeError, match="taken back"):
+        Trainer(cfg, tmp_path / "cut", on_epoch_end=killed).fit()
+    shutil.rmtree(tmp_path / "b" / "cache")
+    resumed = Trainer(cfg, tmp_path / "cut", resume=True)
+    summary = resumed.fit()
+
+    views = CropFlipViews.from_preset(get_preset(PRESET))
+    samples = len(resumed.data.train.loader.images)
+    later = int(used_views(resumed.data.train, views, samples, (2, 3)).sum())
+    every = int(used_views(resumed.data.train, views, samples, (1, 2, 3)).sum())
+    assert done["teacher_cache"]["computed"] == every
+    assert summary["teacher_cache"]["computed"] == later < every
+    want = load_weights_only(tmp_path / "full" / "checkpoints/last.pt")["model"]
+    got = load_weights_only(tmp_path / "cut" / "checkpoints/last.pt")["model"]
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
 
 
 class TwoView(KDLoss):

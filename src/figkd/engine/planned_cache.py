@@ -217,7 +217,8 @@ def load_or_build_planned(teacher: nn.Module, fields: dict[str, Any], planned: P
 
 def resolve_planned_cache(cfg: Any, data: Any, teacher: nn.Module, teacher_record: Any,
                           spec: Any, device: torch.device, ctx: Any, record: dict[str, Any],
-                          say: Callable[[str], None]) -> tuple[PlannedLogitCache | None, dict]:
+                          say: Callable[[str], None],
+                          first_epoch: int = 1) -> tuple[PlannedLogitCache | None, dict]:
     """``teacher.cache`` for a RandomResizedCrop preset on the DataLoader path.
 
     Called by :func:`~figkd.engine.teacher_cache.resolve_teacher_cache` once the method
@@ -257,8 +258,8 @@ def resolve_planned_cache(cfg: Any, data: Any, teacher: nn.Module, teacher_recor
     needed = torch.zeros(epochs, n, dtype=torch.bool)
     if cfg.teacher.cache_views == "all":
         needed[:] = True
-    else:  # the (epoch, sample) views this run (every DDP rank) will train on
-        for epoch in range(1, epochs + 1):
+    else:  # the (epoch, sample) views this run (every DDP rank) will still train on
+        for epoch in range(first_epoch, epochs + 1):
             for rank in range(ctx.world_size):
                 needed[epoch - 1, source.positions(epoch, rank, ctx.world_size)] = True
     batch = cfg.data.eval_batch_size if device.type == "cuda" else cfg.data.batch_size

@@ -463,8 +463,12 @@ def resolve_teacher_cache(
     loss: nn.Module,
     device: torch.device,
     ctx: Any,
+    first_epoch: int = 1,
 ) -> tuple[ViewLogitCache | None, dict[str, Any]]:
     """Apply ``teacher.cache`` (none / auto / on): the cache to use, or None, and a record.
+
+    With ``teacher.cache_views=used`` only the views of epochs ``first_epoch`` .. end are
+    computed: a resumed run does not pay for the epochs it has already trained.
 
     Method reasons (two views, features, images) fall back to the live teacher in
     both modes with one log line; data reasons (not the fast path, no finite view
@@ -493,7 +497,7 @@ def resolve_teacher_cache(
         from figkd.engine.planned_cache import resolve_planned_cache
 
         return resolve_planned_cache(cfg, data, teacher, teacher_record, spec, device, ctx,
-                                     record, say)
+                                     record, say, first_epoch)
     views = CropFlipViews.from_preset(spec)
     source = getattr(data.train, "loader", None)
     problem = None
@@ -529,7 +533,8 @@ def resolve_teacher_cache(
     )
     needed = None
     if cfg.teacher.cache_views == "used":  # only the (sample, view) pairs this run will draw
-        needed = used_views(data.train, views, len(images), range(1, cfg.train.epochs + 1))
+        epochs = range(first_epoch, cfg.train.epochs + 1)
+        needed = used_views(data.train, views, len(images), epochs)
     # GPUs like big batches; on a CPU batch 64 ran ~12 % faster than 256 (ResNet32x4)
     batch = cfg.data.eval_batch_size if device.type == "cuda" else cfg.data.batch_size
     kwargs = dict(needed=needed, device=device, batch_size=max(batch, 1),

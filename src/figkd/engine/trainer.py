@@ -311,7 +311,7 @@ class Trainer:
 
         set_deterministic(cfg.train.deterministic)
         seed_everything(cfg.train.seed)
-        self._build()
+        self._build(first_epoch=checkpoint["state"]["epoch"] + 1 if checkpoint else 1)
         state = self._restore(checkpoint) if checkpoint is not None else RunState()
         if ctx.is_main:
             self.dir.create()
@@ -350,8 +350,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces of fit
 
-    def _build(self) -> None:
-        """Loss, data, student, teacher, optimizer, scaler, distiller and teacher cache."""
+    def _build(self, first_epoch: int = 1) -> None:
+        """Loss, data, student, teacher, optimizer, scaler, distiller and teacher cache
+        (whose views start at ``first_epoch``: a resumed run skips the epochs it trained)."""
         cfg, ctx, device = self.cfg, self.ctx, self.device
         loss = self.custom_loss if self.custom_loss is not None else build_method(cfg, device)
         self.data = data = build_data(cfg, ctx, device, num_views(loss))
@@ -413,7 +414,7 @@ class Trainer:
                 )
         # teacher.cache: logits of every crop/flip view, on disk (engine/teacher_cache.py)
         self.view_cache, self.view_cache_record = resolve_teacher_cache(
-            cfg, data, self.teacher, self.teacher_record, loss, device, ctx
+            cfg, data, self.teacher, self.teacher_record, loss, device, ctx, first_epoch
         )
 
     def _restore(self, checkpoint: dict[str, Any]) -> RunState:
