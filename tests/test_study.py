@@ -210,6 +210,8 @@ def test_study_runs_skips_finished_and_resumes_killed(fake_root: Path, tmp_path:
     for label in ("CE", "KD", "DKD", "DIST", "MLKD", "KD + LS", "FiGKD"):
         assert f"| {label} | 2 | " in text
     assert "| teacher (tiny_cnn) | 1 | " in text and "figkd study --tier unit" in text
+    assert "- finished runs: 15, 1 of them resumed after a stop" in text  # kd seed1
+    assert "trained on: cpu (" in text
     assert (study.out / "report.md").is_file() and (study.out / "study.json").is_file()
 
 

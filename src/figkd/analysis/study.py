@@ -949,6 +949,14 @@ def write_study_report(
         parts.append(
             "- runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         )
+    finished = [s for s in find_summaries([out]) if s.get("status") == "finished"]
+    if finished:
+        resumed = sum(1 for s in finished if s.get("resumed"))
+        devices = sorted({str(s["device"]) for s in finished if s.get("device")})
+        parts.append(
+            f"- finished runs: {len(finished)}, {resumed} of them resumed after a stop "
+            f"(another invocation or machine); trained on: {'; '.join(devices) or 'unknown'}"
+        )
     parts += [
         "",
         "Test accuracy (%), mean ± sample standard deviation over seeds. \"last epoch\": the "
