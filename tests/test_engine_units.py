@@ -182,3 +182,13 @@ def test_compiled_training_matches_eager(tmp_path: Path) -> None:
     a = load_weights_only(tmp_path / "e/checkpoints/last.pt")["model"]
     b = load_weights_only(tmp_path / "c/checkpoints/last.pt")["model"]  # saved without _orig_mod.
     assert a.keys() == b.keys()
+
+
+@pytest.mark.parametrize("loader", ["fast", "torch"])
+def test_a_training_split_smaller_than_one_batch_is_named(tmp_path: Path, loader: str) -> None:
+    # digits: 1437 training images, 10 % held out for validation -> 1295 left to train on
+    cfg = digits(tmp_path, "big", data={"batch_size": 2048, "loader": loader,
+                                        "val_fraction": 0.1})
+    with pytest.raises(ValueError, match=r"has 1295 images .* fewer than one batch of "
+                                         r"data\.batch_size=2048.*lower data\.batch_size"):
+        Trainer(cfg, tmp_path / "run").fit()

@@ -353,6 +353,13 @@ def build_data(cfg: Config, ctx: DistContext, device: torch.device, views: int =
             )
         classes = datasets["train"].classes
         train_size = len(datasets["train"])
+    if len(sources["train"]) == 0:  # drop_last: fewer training images than one batch
+        raise ValueError(
+            f"the training split of {entry.name!r} has {train_size} images (after holding out "
+            f"data.val_fraction={d.val_fraction}), fewer than one batch of "
+            f"data.batch_size={d.batch_size}, and incomplete batches are dropped: lower "
+            "data.batch_size or use more training images"
+        )
     return DataBundle(
         train=sources["train"],
         val=sources.get("val"),
