@@ -338,6 +338,24 @@ def test_a_resumed_planned_run_computes_only_its_remaining_epochs(
         assert torch.equal(got[key], value), key
 
 
+def test_logits_beyond_float16_fall_back_to_the_plain_live_path(
+    tmp_path: Path, tree: Path
+) -> None:
+    torch.manual_seed(0)
+    loud = create_model("tiny_cnn", num_classes=3, width=8)
+    with torch.no_grad():
+        for parameter in loud.fc.parameters():
+            parameter.mul_(1e7)
+    path = tmp_path / "loud.pt"
+    save_atomic(model_payload(loud), path)
+    auto = Trainer(run_cfg(tmp_path, "auto", tree, path, "auto"), tmp_path / "auto").fit()
+    assert auto["teacher_cache"]["status"] == "live" and "float16" in auto["teacher_cache"]["reason"]
+    Trainer(run_cfg(tmp_path, "none", tree, path, "none"), tmp_path / "none").fit()
+    a = load_weights_only(tmp_path / "auto" / "checkpoints/last.pt")["model"]
+    b = load_weights_only(tmp_path / "none" / "checkpoints/last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the plain RandomResizedCrop path again
+
+
 def test_methods_needing_features_fall_back_and_keep_plain_crops(
     tmp_path: Path, tree: Path, teacher_file: Path
 ) -> None:

@@ -7,6 +7,7 @@ PIL ops for the view-id mapping), independently of the cache's own batch arithme
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,11 +29,13 @@ from figkd.data.transforms import (
 from figkd.engine import Trainer, load_weights_only, model_payload, save_atomic
 from figkd.engine.teacher_cache import (
     CacheKeyMismatchError,
+    CacheRangeError,
     CropFlipViews,
     ViewLogitCache,
     build_view_logits,
     cache_fields,
     load_or_build,
+    stored_logits,
     used_views,
 )
 from figkd.losses import KDLoss
@@ -290,6 +293,36 @@ def test_a_resumed_run_computes_only_the_views_it_still_needs(
     got = load_weights_only(tmp_path / "cut" / "checkpoints/last.pt")["model"]
     for key, value in want.items():
         assert torch.equal(got[key], value), key
+
+
+def test_logits_beyond_float16_are_refused_not_stored_as_inf(tmp_path: Path) -> None:
+    big = torch.tensor([[1.0, -7.0e4], [3.0, 2.0]])
+    with pytest.raises(CacheRangeError, match=r"\|z\| = 7e\+04, beyond torch.float16"):
+        stored_logits(big, torch.float16)
+    assert torch.equal(stored_logits(big, torch.float32), big)
+    with pytest.raises(CacheRangeError, match="non-finite"):
+        stored_logits(torch.tensor([[0.0, math.nan]]), torch.float32)
+
+    # a teacher whose logits overflow float16: "auto" trains with the live teacher (the same
+    # weights as teacher.cache=none), "on" stops with the fix, float32 caches them
+    torch.manual_seed(0)
+    loud = create_model("tiny_cnn", num_classes=10, in_channels=1, width=8)
+    with torch.no_grad():
+        for parameter in loud.fc.parameters():
+            parameter.mul_(1e6)
+    path = tmp_path / "loud.pt"
+    save_atomic(model_payload(loud), path)
+    auto = Trainer(run_cfg(tmp_path, "auto", path, "auto"), tmp_path / "auto").fit()
+    assert auto["teacher_cache"]["status"] == "live"
+    assert "teacher.cache_dtype=float32" in auto["teacher_cache"]["reason"]
+    Trainer(run_cfg(tmp_path, "none", path, "none"), tmp_path / "none").fit()
+    a = load_weights_only(tmp_path / "auto" / "checkpoints/last.pt")["model"]
+    b = load_weights_only(tmp_path / "none" / "checkpoints/last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match=r"teacher.cache=on: the teacher's logits reach"):
+        Trainer(run_cfg(tmp_path, "on", path, "on"), tmp_path / "on").fit()
+    wide = run_cfg(tmp_path, "fp32", path, "on", teacher={"cache_dtype": "float32"})
+    assert Trainer(wide, tmp_path / "fp32").fit()["teacher_cache"]["status"] == "built"
 
 
 class TwoView(KDLoss):

@@ -34,9 +34,11 @@ from figkd.data.planned_crop import PlannedDataset, dataset_sha256
 from figkd.engine.teacher_cache import (
     DTYPES,
     CacheKeyMismatchError,
+    build_on_rank0,
     cache_key,
     check_stored_key,
     state_dict_sha256,
+    stored_logits,
     tensor_sha256,
 )
 
@@ -107,7 +109,7 @@ class PlannedLogitCache:
                     x = images.to(device)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    out = teacher(x).float().to(self.logits.dtype)
+                    out = stored_logits(teacher(x).float(), self.logits.dtype)
                     self.logits[epoch - 1, rows.to(device)] = out
                     done += len(images)
                     now = time.perf_counter()
@@ -225,8 +227,6 @@ def resolve_planned_cache(cfg: Any, data: Any, teacher: nn.Module, teacher_recor
     is known to need only the teacher's logits of the training view.  Switches the
     training source to the planned crops, then loads / builds the logits.
     """
-    from figkd.engine import distributed as dist_utils  # local: avoid an import cycle
-
     source = data.train
     base = getattr(getattr(source, "dataset", None), "dataset", None)
     planned = PlannedDataset.from_dataset(base, cfg.train.seed) if base is not None else None
@@ -247,6 +247,7 @@ def resolve_planned_cache(cfg: Any, data: Any, teacher: nn.Module, teacher_recor
         say(f"teacher cache: using the live teacher: {problem}")
         return None, {**record, "status": "live", "reason": problem}
 
+    plain_path = source.dataset
     source.use_plan(planned)
     sha = (teacher_record or {}).get("sha256") or state_dict_sha256(teacher)
     fields = planned_fields(
@@ -266,13 +267,14 @@ def resolve_planned_cache(cfg: Any, data: Any, teacher: nn.Module, teacher_recor
     kwargs = dict(device=device, batch_size=max(batch, 1), num_workers=cfg.data.num_workers,
                   channels_last=cfg.train.channels_last, log=say)
     plain = getattr(teacher, "_orig_mod", teacher)
-    if ctx.is_main:
-        cache, info = load_or_build_planned(plain, fields, planned, cfg.teacher.cache_dir,
-                                            needed, **kwargs)
-    dist_utils.barrier(ctx)
-    if not ctx.is_main:
-        cache, info = load_or_build_planned(plain, fields, planned, cfg.teacher.cache_dir,
-                                            needed, **kwargs)
+    cache, info = build_on_rank0(
+        lambda: load_or_build_planned(plain, fields, planned, cfg.teacher.cache_dir, needed,
+                                      **kwargs),
+        ctx, cfg.teacher.cache, record, say,
+    )
+    if cache is None:
+        source.dataset = plain_path  # the live teacher: the plain RandomResizedCrop path
+        return None, info
     say(f"teacher cache ({info['status']}, planned crops, seed {fields['plan']['seed']}): "
         f"{info['path']}, {epochs} epochs x {n} samples, {info['computed']} teacher forwards "
         f"now, {info['filled']} stored, {info['size_mb']} MB, {info['seconds']:.1f} s")

@@ -53,6 +53,31 @@ class CacheKeyMismatchError(ValueError):
     """A cache file was built for other data, teacher or transform than the run's."""
 
 
+class CacheRangeError(ValueError):
+    """The teacher's logits cannot be stored in the cache's dtype (or are not finite)."""
+
+
+def stored_logits(logits: Tensor, dtype: torch.dtype) -> Tensor:
+    """``logits`` (float32) cast to the cache's ``dtype``, refusing what the cast would break.
+
+    float16 tops out at 65504: a diverged or unnormalised teacher's logits would become
+    inf in the table and surface much later as a "non-finite teacher logits" stop.
+    """
+    if not torch.isfinite(logits).all():
+        raise CacheRangeError(
+            "the teacher gives non-finite logits on some training views; check the teacher "
+            "checkpoint (set teacher.cache=none to see where the live teacher fails)"
+        )
+    limit = torch.finfo(dtype).max
+    peak = float(logits.abs().max()) if logits.numel() else 0.0
+    if peak > limit:
+        raise CacheRangeError(
+            f"the teacher's logits reach |z| = {peak:.4g}, beyond {dtype}'s range ({limit:.6g}); "
+            "set teacher.cache_dtype=float32 (or teacher.cache=none)"
+        )
+    return logits.to(dtype)
+
+
 # --------------------------------------------------------------------------- view space
 
 
@@ -306,8 +331,8 @@ class ViewLogitCache:
             x = augment.apply(images[index.to(images.device)].to(device), params)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits = teacher(x).float()
-            self.logits[index.to(device), view.to(device)] = logits.to(self.logits.dtype)
+            logits = stored_logits(teacher(x).float(), self.logits.dtype)
+            self.logits[index.to(device), view.to(device)] = logits
             now = time.perf_counter()
             if log is not None and now - last_log > 30:
                 rate = (done + len(index)) / (now - start_time)
@@ -473,10 +498,9 @@ def resolve_teacher_cache(
     Method reasons (two views, features, images) fall back to the live teacher in
     both modes with one log line; data reasons (not the fast path, no finite view
     space, over ``teacher.cache_max_gb``) fall back under "auto" and are an error
-    under "on".  Under DDP rank 0 builds the file; the other ranks wait, then load it.
+    under "on", and so are teacher logits the cache's dtype cannot hold.  Under DDP rank 0
+    builds the file; the other ranks wait, then load it.
     """
-    from figkd.engine import distributed as dist_utils  # local: avoid an import cycle
-
     mode = cfg.teacher.cache
     record: dict[str, Any] = {"mode": mode, "status": "off"}
     if mode == "none" or teacher is None:
@@ -540,15 +564,47 @@ def resolve_teacher_cache(
     kwargs = dict(needed=needed, device=device, batch_size=max(batch, 1),
                   channels_last=cfg.train.channels_last, log=say)
     plain = getattr(teacher, "_orig_mod", teacher)
-    if ctx.is_main:
-        cache, info = load_or_build(plain, fields, images, spec, cfg.teacher.cache_dir, **kwargs)
-    dist_utils.barrier(ctx)
-    if not ctx.is_main:
-        cache, info = load_or_build(plain, fields, images, spec, cfg.teacher.cache_dir, **kwargs)
+    cache, info = build_on_rank0(
+        lambda: load_or_build(plain, fields, images, spec, cfg.teacher.cache_dir, **kwargs),
+        ctx, mode, record, say,
+    )
+    if cache is None:
+        return None, info
     say(f"teacher cache ({info['status']}): {info['path']}, {info['samples']} samples x "
         f"{info['views']} views ({cfg.teacher.cache_views}), {info['computed']} teacher "
         f"forwards now, {info['filled']} stored, {info['size_mb']} MB, {info['seconds']:.1f} s")
     return cache, {**record, **info}
+
+
+def build_on_rank0(
+    build: Callable[[], tuple[Any, dict[str, Any]]],
+    ctx: Any,
+    mode: str,
+    record: dict[str, Any],
+    say: Callable[[str], None],
+) -> tuple[Any, dict[str, Any]]:
+    """Rank 0 builds the file, the other ranks wait and then load it.  Logits the cache
+    cannot hold (:class:`CacheRangeError`) mean the live teacher under "auto" and an error
+    under "on", decided on rank 0 and applied on every rank: ``(None, record)``."""
+    from figkd.engine import distributed as dist_utils  # local: avoid an import cycle
+
+    result: tuple[Any, dict[str, Any]] | None = None
+    problem: str | None = None
+    if ctx.is_main:
+        try:
+            result = build()
+        except CacheRangeError as error:
+            problem = str(error)
+    problem = dist_utils.broadcast_object(problem, ctx)  # type: ignore[assignment]
+    dist_utils.barrier(ctx)
+    if problem is not None:
+        if mode == "on":
+            raise ValueError(f"teacher.cache=on: {problem}")
+        say(f"teacher cache: using the live teacher: {problem}")
+        return None, {**record, "status": "live", "reason": problem}
+    if result is None:
+        result = build()
+    return result
 
 
 def used_views(source: Any, views: CropFlipViews, samples: int, epochs: Any) -> Tensor:
