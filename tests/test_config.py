@@ -179,3 +179,21 @@ def test_experiment_name_and_help_text() -> None:
     lines = "\n".join(describe_config())
     for key in ("optim.lr", "train.amp", "data.num_workers", "teacher.checkpoint", "paper.top1"):
         assert f"  {key} (" in lines
+
+
+def test_on_off_yes_no_stay_strings_only_true_false_are_booleans(tmp_path: Path) -> None:
+    """YAML 1.1 would read `teacher.cache=on` as True and refuse it as not an option."""
+    from figkd.config import parse_override
+
+    assert parse_override("teacher.cache=on") == (["teacher", "cache"], "on")
+    for word in ("off", "yes", "no", "On", "Y", "n"):
+        assert parse_override(f"x.y={word}")[1] == word
+    assert parse_override("train.amp_flag=true")[1] is True
+    assert parse_override("a.b=False")[1] is False
+    assert parse_override("optim.lr=0.01")[1] == 0.01 and parse_override("a.b=3")[1] == 3
+    cfg = load_config(None, ["teacher.cache=on", "train.deterministic=true"])
+    assert cfg.teacher.cache == "on" and cfg.train.deterministic is True
+    path = tmp_path / "c.yaml"
+    path.write_text("teacher:\n  cache: on\ntrain:\n  deterministic: TRUE\n")
+    from_file = load_config(path)
+    assert from_file.teacher.cache == "on" and from_file.train.deterministic is True

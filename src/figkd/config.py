@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import difflib
 import inspect
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -372,6 +373,29 @@ def _find_base(name: str, including: Path) -> Path:
     )
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only true/false (any case) are bools.
+
+    YAML 1.1 also reads on/off/yes/no as bools, so ``teacher.cache=on`` would become True
+    and be refused as "not one of 'none', 'auto', 'on'".
+    """
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` parsed with :class:`YamlLoader` (config files, overrides, run configs)."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml_with_bases(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The merged mapping of ``path`` and its ``base:`` files (bases first)."""
     path = Path(path).resolve()
@@ -381,7 +405,7 @@ def read_yaml_with_bases(path: str | Path, _chain: tuple[Path, ...] = ()) -> dic
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {error}") from None
     if not isinstance(data, dict):
@@ -411,7 +435,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             f"bad override {text!r}: write key=value with a dotted key, e.g. optim.lr=0.01"
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value

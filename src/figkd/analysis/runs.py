@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from figkd.config import Config, config_from_dict
+from figkd.config import Config, config_from_dict, load_yaml
 
 
 @dataclass
@@ -33,7 +32,7 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: {path} is missing")
-    return config_from_dict(yaml.safe_load(path.read_text()))
+    return config_from_dict(load_yaml(path.read_text()))
 
 
 def load_run(
