@@ -157,7 +157,9 @@ def test_teacher_key_follows_its_config(fake_root: Path, tmp_path: Path) -> None
     b = S.plan_study(_tiny_tier(), tmp_path / "elsewhere", fake_root, device="cpu", threads=2)
     c = S.plan_study(_tiny_tier(teacher_epochs=2), tmp_path, fake_root, device="cpu")
     name = lambda s: next(iter(s.teachers.values())).config.experiment  # noqa: E731
-    assert name(a) == name(b) != name(c)  # where and how a run executes is not in the key
+    d = S.plan_study(_tiny_tier(), tmp_path, fake_root, device="cpu",
+                     overrides=["teacher.cache=on", "teacher.cache_dir=/elsewhere"])
+    assert name(a) == name(b) == name(d) != name(c)  # how runs execute is not in the key
 
 
 def test_study_runs_skips_finished_and_resumes_killed(fake_root: Path, tmp_path: Path) -> None:

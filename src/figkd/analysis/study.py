@@ -419,6 +419,7 @@ _EXECUTION_KEYS = (
     "train.num_threads",
     "train.eval_teacher",
     "train.compile",
+    "teacher.cache",  # cache, cache_dir, cache_dtype, ...: where a student's teacher logits live
 )
 
 
