@@ -382,10 +382,10 @@ def test_catkd_value_matches_numpy(resolution: int, normalize: bool) -> None:
     assert terms["cat"].item() == pytest.approx(want, rel=1e-5)
 
 
-@pytest.mark.parametrize("arch,kind", [("resnet8", "stage"), ("wrn_16_1", "relu_preact"),
-                                       ("MobileNetV2", "hook")])
-def test_catkd_locates_the_map_behind_the_logits(arch: str, kind: str) -> None:
-    """For each way of finding F: mean over space of the CAMs + classifier bias == logits."""
+@pytest.mark.parametrize("arch", ["resnet8", "wrn_16_1", "MobileNetV2", "ShuffleV2", "vgg8"])
+def test_catkd_cams_come_from_the_map_behind_the_logits(arch: str) -> None:
+    """Plain stage, WRN's head BN-ReLU, head convs: mean over space of the CAMs + classifier
+    bias == logits, so the CAMs are the ones the network classifies with."""
     from figkd.losses.catkd import _classifier_weight, class_activation_maps
 
     torch.manual_seed(0)
@@ -394,13 +394,33 @@ def test_catkd_locates_the_map_behind_the_logits(arch: str, kind: str) -> None:
     x = torch.randn(2, 3, 16, 16)
     loss = build_loss("catkd")
     loss.setup(student, teacher, example_input=x, num_train_samples=2)
-    assert loss._sources[0].kind == kind
     student.eval()
     feats = student.forward_features(x)
-    fmap = loss._sources[0].feature_map(feats)
-    cam = class_activation_maps(fmap, _classifier_weight(student), 1)[:, :, 0, 0]
+    cam = class_activation_maps(feats["pooled_map"], _classifier_weight(student), 1)[:, :, 0, 0]
     bias = dict(student.named_modules())[student.classifier_name()].bias
     torch.testing.assert_close(cam + bias, feats["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_catkd_refuses_a_network_without_the_pooled_map() -> None:
+    class NoMap(torch.nn.Module):
+        num_classes = 7
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = create_model("tiny_cnn", num_classes=7)
+
+        def classifier_name(self) -> str:
+            return "inner.fc"
+
+        def forward_features(self, x: torch.Tensor) -> dict:
+            feats = dict(self.inner.forward_features(x))
+            feats["pooled_map"] = feats["pooled_map"] * 2  # not what the head averages
+            return feats
+
+    teacher = create_model("tiny_cnn", num_classes=7).eval().requires_grad_(False)
+    with pytest.raises(TypeError, match="pooled_map"):
+        build_loss("catkd").setup(NoMap(), teacher, example_input=torch.randn(2, 3, 8, 8),
+                                  num_train_samples=2)
 
 
 # ------------------------------------------------------------------- all four: gradients

@@ -130,8 +130,12 @@ def test_output_and_feature_shapes(name: str, size: int) -> None:
         logits = model(x)
         feats = model.forward_features(x)
     assert logits.shape == (B, NUM_CLASSES)
-    assert set(feats) == {"stem", "stages", "preact_stages", "embedding", "logits"}
+    assert set(feats) == {"stem", "stages", "preact_stages", "pooled_map", "embedding", "logits"}
     torch.testing.assert_close(feats["logits"], logits, rtol=0, atol=0)
+    # the pooled map is what the head averages: its spatial mean is the embedding
+    pooled = feats["pooled_map"]
+    assert pooled.dim() == 4 and pooled.shape[:2] == (B, model.embedding_dim)
+    torch.testing.assert_close(pooled.mean(dim=(2, 3)), feats["embedding"], rtol=1e-5, atol=1e-6)
     assert feats["embedding"].shape == (B, model.embedding_dim)
     assert feats["stem"].shape[:2] == (B, model.stem_channels)
     assert len(feats["stages"]) == len(feats["preact_stages"]) == len(model.stage_channels)

@@ -23,6 +23,9 @@ class Features(TypedDict):
     stem: Tensor
     stages: list[Tensor]
     preact_stages: list[Tensor]
+    #: the map global average pooling turns into ``embedding``: the last stage, or the output
+    #: of a head conv / BN-ReLU after it (class activation maps are computed on it)
+    pooled_map: Tensor
     embedding: Tensor
     logits: Tensor
 
@@ -87,9 +90,13 @@ class StagedModel(ZooModel):
         """The blocks of each stage, in order (views into the registered modules)."""
         raise NotImplementedError
 
+    def _head_map(self, x: Tensor) -> Tensor:
+        """Last stage output -> the map that is pooled (identity unless the head has layers)."""
+        return x
+
     def _head(self, x: Tensor) -> Tensor:
         """Last stage output -> pooled, flattened embedding."""
-        raise NotImplementedError
+        return pool_flatten(self._head_map(x))
 
     def _classify(self, embedding: Tensor) -> Tensor:
         raise NotImplementedError
@@ -133,11 +140,13 @@ class StagedModel(ZooModel):
             h, pre = self._run_stage(blocks, h)
             stages.append(h)
             preacts.append(pre)
-        embedding = self._head(h)
+        pooled_map = self._head_map(h)
+        embedding = pool_flatten(pooled_map)
         return Features(
             stem=stem,
             stages=stages,
             preact_stages=preacts,
+            pooled_map=pooled_map,
             embedding=embedding,
             logits=self._classify(embedding),
         )

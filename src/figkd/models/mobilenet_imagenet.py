@@ -17,7 +17,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models import mobilenetv2 as tv
 
-from figkd.models.base import PreactBlock, StagedModel, conv_bn, init_weights, pool_flatten
+from figkd.models.base import PreactBlock, StagedModel, conv_bn, init_weights
 from figkd.models.registry import register_model
 
 #: (output channels, stride) of MobileNetV1's 13 depthwise-separable blocks
@@ -69,9 +69,6 @@ class MobileNetV1(StagedModel):
     def _stages(self) -> list[nn.Sequential]:
         return [self.model[start:stop] for start, stop in V1_STAGES]
 
-    def _head(self, x: Tensor) -> Tensor:
-        return pool_flatten(x)
-
     def _classify(self, embedding: Tensor) -> Tensor:
         return self.fc(embedding)
 
@@ -101,8 +98,8 @@ class MobileNetV2ImageNet(StagedModel, tv.MobileNetV2):
     def _stages(self) -> list[nn.Sequential]:
         return [self.features[start:stop] for start, stop in V2_STAGES]
 
-    def _head(self, x: Tensor) -> Tensor:
-        return pool_flatten(self.features[-1](x))
+    def _head_map(self, x: Tensor) -> Tensor:
+        return self.features[-1](x)  # the 1x1 conv-BN-ReLU6 head
 
     def _classify(self, embedding: Tensor) -> Tensor:
         return self.classifier(embedding)

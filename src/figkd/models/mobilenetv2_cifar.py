@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from figkd.models.base import StagedModel, conv_bn, init_weights, pool_flatten
+from figkd.models.base import StagedModel, conv_bn, init_weights
 from figkd.models.registry import register_model
 
 #: (expansion t, channels c at width 1, repeats n, stride s); t = 1 for the first row
@@ -86,8 +86,8 @@ class MobileNetV2Cifar(StagedModel):
     def _stages(self) -> list[list[nn.Module]]:
         return [[blk for i in group for blk in self.blocks[i]] for group in STAGE_GROUPS]
 
-    def _head(self, x: Tensor) -> Tensor:
-        return pool_flatten(self.conv2(x))
+    def _head_map(self, x: Tensor) -> Tensor:
+        return self.conv2(x)  # the 1x1 conv-BN-ReLU head
 
     def _classify(self, embedding: Tensor) -> Tensor:
         return self.classifier(embedding)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from figkd.models.base import PreactBlock, StagedModel, init_weights, pool_flatten
+from figkd.models.base import PreactBlock, StagedModel, init_weights
 from figkd.models.registry import register_model
 
 EXPANSION = 4
@@ -71,9 +71,6 @@ class CifarResNetBottleneck(StagedModel):
 
     def _stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
-
-    def _head(self, x: Tensor) -> Tensor:
-        return pool_flatten(x)
 
     def _classify(self, embedding: Tensor) -> Tensor:
         return self.linear(embedding)

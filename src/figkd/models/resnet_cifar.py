@@ -15,7 +15,7 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from figkd.models.base import PreactBlock, StagedModel, init_weights, pool_flatten
+from figkd.models.base import PreactBlock, StagedModel, init_weights
 from figkd.models.registry import MODELS
 
 
@@ -78,9 +78,6 @@ class CifarResNet(StagedModel):
 
     def _stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3]
-
-    def _head(self, x: Tensor) -> Tensor:
-        return pool_flatten(x)
 
     def _classify(self, embedding: Tensor) -> Tensor:
         return self.fc(embedding)

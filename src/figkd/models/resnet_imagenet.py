@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
-from figkd.models.base import StagedModel, pool_flatten
+from figkd.models.base import StagedModel
 from figkd.models.registry import MODELS
 
 
@@ -65,9 +65,6 @@ class ResNetImageNet(StagedModel, tv.ResNet):
 
     def _stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
-
-    def _head(self, x: Tensor) -> Tensor:
-        return pool_flatten(x)
 
     def _classify(self, embedding: Tensor) -> Tensor:
         return self.fc(embedding)

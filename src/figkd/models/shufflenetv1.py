@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from figkd.models.base import PreactBlock, StagedModel, channel_shuffle, pool_flatten
+from figkd.models.base import PreactBlock, StagedModel, channel_shuffle
 from figkd.models.registry import register_model
 
 STEM_CHANNELS = 24
@@ -75,9 +75,6 @@ class ShuffleNetV1(StagedModel):
 
     def _stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3]
-
-    def _head(self, x: Tensor) -> Tensor:
-        return pool_flatten(x)
 
     def _classify(self, embedding: Tensor) -> Tensor:
         return self.linear(embedding)

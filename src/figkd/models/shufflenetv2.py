@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from figkd.models.base import PreactBlock, StagedModel, channel_shuffle, pool_flatten
+from figkd.models.base import PreactBlock, StagedModel, channel_shuffle
 from figkd.models.registry import register_model
 
 STEM_CHANNELS = 24
@@ -107,8 +107,8 @@ class ShuffleNetV2(StagedModel):
     def _stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3]
 
-    def _head(self, x: Tensor) -> Tensor:
-        return pool_flatten(F.relu(self.bn2(self.conv2(x))))
+    def _head_map(self, x: Tensor) -> Tensor:
+        return F.relu(self.bn2(self.conv2(x)))  # the 1x1 conv-BN-ReLU head
 
     def _classify(self, embedding: Tensor) -> Tensor:
         return self.linear(embedding)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from figkd.models.base import PreactBlock, StagedModel, conv_bn, init_weights, pool_flatten
+from figkd.models.base import PreactBlock, StagedModel, conv_bn, init_weights
 from figkd.models.registry import register_model
 
 
@@ -49,9 +49,6 @@ class TinyCNN(StagedModel):
 
     def _stages(self) -> nn.ModuleList:
         return self.stages
-
-    def _head(self, x: Tensor) -> Tensor:
-        return pool_flatten(x)
 
     def _classify(self, embedding: Tensor) -> Tensor:
         return self.fc(embedding)

@@ -81,6 +81,7 @@ class VGG(ZooModel):
             stem=stem,
             stages=stages,
             preact_stages=preacts,
+            pooled_map=h,
             embedding=embedding,
             logits=self.classifier(embedding),
         )

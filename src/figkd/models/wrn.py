@@ -103,11 +103,13 @@ class WideResNet(ZooModel):
             stages.append(h)
         pre = self.bn1(h)
         preacts.append(pre)
-        embedding = pool_flatten(F.relu(pre))
+        pooled_map = F.relu(pre)  # the head BN-ReLU
+        embedding = pool_flatten(pooled_map)
         return Features(
             stem=stem,
             stages=stages,
             preact_stages=preacts,
+            pooled_map=pooled_map,
             embedding=embedding,
             logits=self.fc(embedding),
         )
