@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from figkd.analysis import study
+
 FORMAT = 1
 #: the manifest of a bundle; its parts are slices of one uncompressed tar stream
 MANIFEST = "state.json"
@@ -47,7 +49,7 @@ TABLE_FILES = ("study.md", "study.json", "report.md", "report.csv")
 #: per-run folders that are never carried (TensorBoard restarts its files on resume)
 SKIPPED = ("tensorboard",)
 CHECKPOINTS = "checkpoints"
-TEACHER_WEIGHTS = "checkpoints/teacher.pt"
+TEACHER_WEIGHTS = f"{CHECKPOINTS}/{study.TEACHER_WEIGHTS}"
 LAST = "checkpoints/last.pt"
 BEST = "checkpoints/best.pt"
 MIB = 1 << 20
@@ -132,9 +134,7 @@ def describe_run(run_dir: Path, root: Path) -> RunState | None:
         return None
     teacher = _is_teacher(run_dir, root)
     if status == "finished" and teacher and not (run_dir / TEACHER_WEIGHTS).is_file():
-        from figkd.analysis.study import teacher_weights
-
-        teacher_weights(run_dir)  # a teacher killed between its summary and teacher.pt
+        study.teacher_weights(run_dir)  # a teacher killed between its summary and teacher.pt
     return RunState(run_dir.relative_to(root).as_posix(), status, epoch, teacher)
 
 
