@@ -6,12 +6,15 @@
     figkd state show .device/state                           # what a folder or bundle holds
 
 ``export`` writes ``state.json`` and ``state.tar.NN`` parts of at most ``--part-mib`` (so
-each fits a file limit) and at most ``--budget-mib`` together: every run's config, metrics and
-summary, finished teachers' ``teacher.pt``, and killed runs' ``last.pt`` (teachers first, then
-the runs furthest along), then their ``best.pt``.  Runs that do not fit are listed as dropped;
-files unchanged since the last import are named, not re-sent.  ``import`` takes a bundle or a
-plain study folder and keeps, run by run, whichever copy is further along, after checking
-every file's SHA-256.  Then ``figkd study`` with the same ``--out`` resumes from there.
+each fits a file limit): every run's config, metrics and summary, finished teachers'
+``teacher.pt``, and killed runs' ``last.pt`` (teachers first, then the runs furthest along),
+then their ``best.pt``, while the state the receiver will hold stays within ``--budget-mib``
+(so it can travel out again).  Runs that do not fit are listed as dropped; files unchanged
+since the last import count towards the budget but are named, not re-sent.
+
+``import`` takes a bundle or a plain study folder and keeps, run by run, whichever copy is
+further along, after checking every file's SHA-256.  Then ``figkd study`` with the same
+``--out`` resumes from there.
 """
 
 from __future__ import annotations
@@ -39,11 +42,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from figkd.commands.train import HelpFormatter
+
+    parser.formatter_class = HelpFormatter
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     export = actions.add_parser("export", help="bundle a study folder's progress into DEST")
     export.add_argument("study", help="the study's --out folder (e.g. runs/study)")
     export.add_argument("dest", help="folder for state.json and state.tar.NN")
-    export.add_argument("--budget-mib", type=float, default=58.0, help="size of all parts")
+    export.add_argument("--budget-mib", type=float, default=58.0,
+                        help="size of the state the receiver holds afterwards")
     export.add_argument("--part-mib", type=float, default=15.0, help="size of one part")
     merge = actions.add_parser("import", help="merge a bundle or study folder into a study")
     merge.add_argument("source", help="a bundle folder (state.json + parts) or a study folder")
