@@ -581,11 +581,13 @@ def teacher_weights(run_dir: Path) -> Path:
     Students pin this file's SHA-256, so it is never rewritten once it exists.
     """
     from figkd.engine.checkpoint import load_weights_only, save_atomic
+    from figkd.engine.run_dir import RunDir
 
-    target = run_dir / "checkpoints" / TEACHER_WEIGHTS
+    paths = RunDir(run_dir)
+    target = paths.checkpoints / TEACHER_WEIGHTS
     if target.is_file():
         return target
-    last = run_dir / "checkpoints" / "last.pt"
+    last = paths.last
     if not last.is_file():
         raise FileNotFoundError(
             f"{run_dir} finished but has neither {TEACHER_WEIGHTS} nor last.pt; train the "

@@ -24,7 +24,6 @@ replaced in one rename, so an interrupted import leaves each run either old or n
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from figkd.analysis import study
+from figkd.models.checkpoint import file_sha256
 
 FORMAT = 1
 #: the manifest of a bundle; its parts are slices of one uncompressed tar stream
@@ -76,14 +76,6 @@ class RunState:
 
 
 # --------------------------------------------------------------------------- reading a folder
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(MIB), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -189,7 +181,7 @@ def plan_export(root: Path, budget: int) -> tuple[list[RunState], list[str], dic
 
     def cost(run: RunState, names: list[str]) -> int:
         for name in names:
-            run.files.setdefault(name, sha256_file(root / run.path / name))
+            run.files.setdefault(name, file_sha256(root / run.path / name))
         return sum(_tar_cost((root / run.path / n).stat().st_size) for n in names)
 
     def take(run: RunState, names: list[str]) -> None:
@@ -297,7 +289,7 @@ def export_state(
     manifest = {
         "format": FORMAT,
         "source": str(root.resolve()),
-        "parts": [{"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        "parts": [{"name": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
                   for p in writer.parts],
         "tables": tables,
         "runs": [asdict(r) for r in runs],
@@ -346,7 +338,7 @@ def _unpack_bundle(folder: Path, staging: Path) -> dict[str, Any]:
                 f"bundle {folder} lacks {part['name']}: fetch every state.tar.NN its "
                 f"{MANIFEST} lists"
             )
-        if path.stat().st_size != part["bytes"] or sha256_file(path) != part["sha256"]:
+        if path.stat().st_size != part["bytes"] or file_sha256(path) != part["sha256"]:
             raise ValueError(f"{path} is damaged (size or SHA-256 differs from {MANIFEST})")
     with _JoinedParts([folder / p["name"] for p in manifest["parts"]]) as stream:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
@@ -400,7 +392,7 @@ def _folder_runs(source: Path) -> list[RunState]:
         names = _small_files(run_dir) + [
             n for n in (*required_heavy(run), *optional_heavy(run)) if (run_dir / n).is_file()
         ]
-        run.files = {n: sha256_file(run_dir / n) for n in names}
+        run.files = {n: file_sha256(run_dir / n) for n in names}
         run.sent = names
         run.complete = all((run_dir / n).is_file() for n in required_heavy(run))
         runs.append(run)
@@ -467,7 +459,7 @@ def _check_files(run: RunState, incoming: Path, local: Path) -> str | None:
         where = incoming / run.path / name if name in run.sent else local / name
         if not where.is_file():
             return f"{name} is missing ({'not in the bundle' if name in run.sent else 'kept'})"
-        if sha256_file(where) != digest:
+        if file_sha256(where) != digest:
             return f"{name} differs from its SHA-256 in the manifest"
     return None
 
