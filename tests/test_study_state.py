@@ -269,3 +269,25 @@ def test_cli_export_show_import(reference: S.Study, tmp_path: Path, capsys) -> N
     assert "imported 3 run(s)" in capsys.readouterr().out
     copied = tmp_path / "copy" / "unit" / "study.md"
     assert copied.read_text() == (reference.out / "study.md").read_text()
+
+
+def test_folder_import_only_reads_the_source_and_carries_last_pt_for_teacher_pt(
+    reference: S.Study, tmp_path: Path
+) -> None:
+    """A teacher killed between its summary and teacher.pt, imported from a plain folder: the
+    source (a fetched reply may be read-only) is only read; last.pt travels instead and the
+    receiver's study writes the same teacher.pt from it."""
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(reference.out.parent, source)
+    teacher_dir = next(p.parent.parent for p in source.rglob(state.TEACHER_WEIGHTS))
+    want = S.teacher_weights(teacher_dir).read_bytes()
+    (teacher_dir / state.TEACHER_WEIGHTS).unlink()
+    before = sorted(p.relative_to(source) for p in source.rglob("*"))
+    report = state.import_state(source, tmp_path / "dest", say=lambda _: None)
+    assert len(report.taken) == 3 and not report.incomplete
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before
+    local = tmp_path / "dest" / teacher_dir.relative_to(source)
+    assert (local / state.LAST).is_file() and not (local / state.TEACHER_WEIGHTS).exists()
+    assert S.teacher_weights(local).read_bytes() == want

@@ -119,14 +119,18 @@ def _small_files(run_dir: Path) -> list[str]:
     return names
 
 
-def describe_run(run_dir: Path, root: Path) -> RunState | None:
-    """The run as it would be carried (``None`` for a run with nothing to resume)."""
+def describe_run(run_dir: Path, root: Path, *, derive_weights: bool = True) -> RunState | None:
+    """The run as it would be carried (``None`` for a run with nothing to resume).
+
+    A teacher killed between its summary and ``teacher.pt`` gets its ``teacher.pt`` written
+    here, unless ``derive_weights`` is False: a folder being imported *from* is only read.
+    """
     status, epoch = run_progress(run_dir)
     if status == "new":
         return None
     teacher = _is_teacher(run_dir, root)
-    if status == "finished" and teacher and not (run_dir / TEACHER_WEIGHTS).is_file():
-        study.teacher_weights(run_dir)  # a teacher killed between its summary and teacher.pt
+    if derive_weights and status == "finished" and teacher:
+        study.teacher_weights(run_dir)  # no-op when teacher.pt exists
     return RunState(run_dir.relative_to(root).as_posix(), status, epoch, teacher)
 
 
@@ -386,15 +390,18 @@ def _folder_runs(source: Path) -> list[RunState]:
     """A plain study folder read as a bundle: every run, every file carried."""
     runs = []
     for run_dir in find_run_dirs(source):
-        run = describe_run(run_dir, source)
+        run = describe_run(run_dir, source, derive_weights=False)
         if run is None:
             continue
+        required = required_heavy(run)
+        if required == [TEACHER_WEIGHTS] and not (run_dir / TEACHER_WEIGHTS).is_file():
+            required = [LAST]  # the receiver's study writes teacher.pt from it
         names = _small_files(run_dir) + [
-            n for n in (*required_heavy(run), *optional_heavy(run)) if (run_dir / n).is_file()
+            n for n in (*required, *optional_heavy(run)) if (run_dir / n).is_file()
         ]
         run.files = {n: file_sha256(run_dir / n) for n in names}
         run.sent = names
-        run.complete = all((run_dir / n).is_file() for n in required_heavy(run))
+        run.complete = all((run_dir / n).is_file() for n in required)
         runs.append(run)
     return runs
 
