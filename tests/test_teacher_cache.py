@@ -137,7 +137,8 @@ def test_cache_file_is_reused_without_teacher_calls_and_refuses_other_keys(tmp_p
     assert record["status"] == "built" and record["views"] == 18 and record["samples"] == 10
     assert record["computed"] == record["filled"] == teacher.images == 90
     assert first.logits[:, 9:].isnan().all() and not first.logits[:, :9].isnan().any()
-    assert [p.name for p in tmp_path.iterdir()] == [Path(record["path"]).name]  # no temp left
+    name = Path(record["path"]).name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{name}.lock", name]  # no temp left
     cache, second = load_or_build(teacher, fields, images, PRESET, tmp_path, batch_size=4)
     assert second["status"] == "extended" and second["computed"] == 90 and second["filled"] == 180
     assert teacher.images == 180 and teacher.calls == 2 * 90 / 4 + 1  # mixed-view batches of 4
@@ -388,3 +389,70 @@ def test_state_dict_hash_identifies_teacher_weights() -> None:
     with torch.no_grad():
         b.fc.bias[0] += 1e-3
     assert state_dict_sha256(a) != state_dict_sha256(b)
+
+
+_RACER = """
+import json, sys, time
+from pathlib import Path
+import torch
+from figkd.engine.teacher_cache import cache_fields, load_or_build
+from figkd.models import create_model
+
+folder, me, first, last = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+torch.manual_seed(0)
+images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+model = create_model("tiny_cnn", num_classes=10, width=4)
+
+class Slow(torch.nn.Module):  # slow enough that the two runs overlap
+    def __init__(self):
+        super().__init__()
+        self.model = model
+    def forward(self, x):
+        time.sleep(0.05)
+        return self.model(x)
+
+fields = cache_fields(dataset="race", split="train", images=images, teacher_sha256="t",
+                      preset="cifar", scale=255.0, dtype="float16", num_classes=10)
+needed = torch.zeros(3, 162, dtype=torch.bool)
+needed[:, first:last] = True
+(folder / f"ready-{me}").touch()
+while len(list(folder.glob("ready-*"))) < 2:  # start together
+    time.sleep(0.01)
+lines = []
+_, record = load_or_build(Slow(), fields, images, "cifar", folder / "cache", needed=needed,
+                          batch_size=16, log=lines.append)
+print(json.dumps({"computed": record["computed"], "log": lines, "path": record["path"]}))
+"""
+
+
+def test_parallel_runs_extend_one_cache_file_in_turn(tmp_path: Path) -> None:
+    """Two runs started together with overlapping views: the second waits for the first,
+    computes only what the file still lacks, and the file ends with both runs' views."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "racer.py"
+    script.write_text(_RACER)
+    ranges = {"a": (0, 100), "b": (50, 162)}
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(tmp_path), me, str(lo), str(hi)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for me, (lo, hi) in ranges.items()
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    union = 3 * 162
+    # no pair computed twice: the sum is the union (without the lock: 300 + 336 = 636)
+    assert sum(r["computed"] for r in results) == union
+    assert sum(any("another run is extending it" in line for line in r["log"])
+               for r in results) == 1
+    stored = ViewLogitCache.load(results[0]["path"])
+    assert stored.filled.all()  # without the lock the last writer's views only
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    teacher = create_model("tiny_cnn", num_classes=10, width=4)
+    alone = build_view_logits(teacher, images, "cifar", batch_size=16)
+    torch.testing.assert_close(stored.logits.float(), alone.float(), rtol=2**-10, atol=1e-4)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from figkd.data.planned_crop import PlannedDataset, dataset_sha256
+from figkd.engine.file_lock import exclusive
 from figkd.engine.teacher_cache import (
     DTYPES,
     CacheKeyMismatchError,
@@ -188,18 +189,19 @@ def load_or_build_planned(teacher: nn.Module, fields: dict[str, Any], planned: P
     key = cache_key(fields)
     path = Path(cache_dir) / f"{fields['dataset']}-{fields['split']}-plan-{key[:24]}.pt"
     start = time.perf_counter()
-    if path.exists():
-        cache, existed = PlannedLogitCache.load(path, expected=fields), True
-        cache.logits = cache.logits.to(device)
-    else:
-        cache = PlannedLogitCache.empty(fields["plan"]["epochs"], fields["num_samples"],
-                                        fields["num_classes"], fields,
-                                        dtype=DTYPES[fields["dtype"]], device=device)
-        existed = False
-    computed = cache.fill(teacher, planned, needed, batch_size=batch_size,
-                          num_workers=num_workers, channels_last=channels_last, log=log)
-    if computed:
-        cache.save(path)
+    with exclusive(path, log):  # runs of one plan seed extend the file in turn
+        if path.exists():
+            cache, existed = PlannedLogitCache.load(path, expected=fields), True
+            cache.logits = cache.logits.to(device)
+        else:
+            cache = PlannedLogitCache.empty(fields["plan"]["epochs"], fields["num_samples"],
+                                            fields["num_classes"], fields,
+                                            dtype=DTYPES[fields["dtype"]], device=device)
+            existed = False
+        computed = cache.fill(teacher, planned, needed, batch_size=batch_size,
+                              num_workers=num_workers, channels_last=channels_last, log=log)
+        if computed:
+            cache.save(path)
     record = {
         "status": "hit" if not computed else ("extended" if existed else "built"),
         "path": str(path.resolve()),

@@ -19,7 +19,8 @@ transform (size, padding, flip, mean, std, pixel scale) and the storage dtype.  
 written atomically (temp file + ``os.replace``) under ``teacher.cache_dir`` (default
 ``.cache/teacher_logits/`` in the working directory) and reused by any later run with
 the same key.  A file whose stored key differs from the expected one is an error that
-names the differing fields.
+names the differing fields.  Runs started side by side take turns extending the file
+(a lock beside it, engine/file_lock.py), so no teacher forward is computed twice.
 
 Methods that need more than the teacher's logits on the training view - a second,
 strongly augmented view (``num_views == 2``), features (``needs_features``) or the
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 
 from figkd.data import BatchAugment, get_preset
 from figkd.data.planned_crop import CropPlan
+from figkd.engine.file_lock import exclusive
 
 FORMAT = 1
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -439,17 +441,18 @@ def load_or_build(
     start = time.perf_counter()
     t = fields["transform"]
     views = CropFlipViews(int(t["size"]), int(t["padding"]), bool(t["flip"]))
-    if path.exists():
-        cache = ViewLogitCache.load(path, expected=fields).to(device)
-        existed = True
-    else:
-        cache = ViewLogitCache.empty(fields["num_samples"], fields["num_classes"], views, fields,
-                                     dtype=DTYPES[fields["dtype"]], device=device)
-        existed = False
-    computed = cache.fill(teacher, images, preset, needed, scale=t["scale"],
-                          batch_size=batch_size, channels_last=channels_last, log=log)
-    if computed:
-        cache.save(path)
+    with exclusive(path, log):  # parallel runs extend the file in turn (engine/file_lock.py)
+        if path.exists():
+            cache = ViewLogitCache.load(path, expected=fields).to(device)
+            existed = True
+        else:
+            cache = ViewLogitCache.empty(fields["num_samples"], fields["num_classes"], views,
+                                         fields, dtype=DTYPES[fields["dtype"]], device=device)
+            existed = False
+        computed = cache.fill(teacher, images, preset, needed, scale=t["scale"],
+                              batch_size=batch_size, channels_last=channels_last, log=log)
+        if computed:
+            cache.save(path)
     status = "hit" if not computed else ("extended" if existed else "built")
     record = {
         "status": status,
