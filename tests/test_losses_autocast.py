@@ -1,0 +1,67 @@
+"""Logit losses give their float32 values and gradients under the trainer's autocast.
+
+The trainer computes the loss inside ``torch.autocast`` (``train.amp=bf16|fp16``), which
+silently runs matmuls and convolutions in half precision.  A loss built from such an op on
+a *difference* of nearly equal quantities loses most of its digits once the student fits
+the teacher (MLKD's Gram matrices lost 21 % in bf16 before they were pinned to float32).
+Here every logit-only loss sees float32 logits of a student close to its teacher, with
+autocast off and on, and must give the same terms and gradients.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from figkd.losses import LOSSES, build_loss
+
+LOGIT_ONLY = sorted(
+    name for name in LOSSES
+    if not getattr(build_loss(name), "needs_features", False)
+    and not getattr(build_loss(name), "needs_images", False)
+)
+VARIANTS = [(name, {}) for name in LOGIT_ONLY] + [
+    ("kd", {"standardize": True}),
+    ("dkd", {"standardize": True}),
+    ("mlkd", {"standardize": True}),
+    ("mlkd", {"variant": "official"}),
+    ("figkd", {"noise_std": 0.1}),
+    ("figkd", {"level": 3, "bands": "both"}),
+    ("figkd", {"wavelet": "db2"}),
+    ("figkd", {"transform": "1d"}),
+]
+
+
+def _terms(name: str, options: dict, student: torch.Tensor, teacher: torch.Tensor,
+           targets: torch.Tensor, dtype: torch.dtype | None) -> tuple[dict, torch.Tensor]:
+    loss = build_loss(name, **options)
+    student = student.clone().requires_grad_(True)
+    extra = {}
+    if getattr(loss, "num_views", 1) == 2:  # MLKD: the strong view, also close to the teacher
+        extra = {"student_logits_strong": student * 0.9, "teacher_logits_strong": teacher * 0.9}
+    torch.manual_seed(7)  # TeKAP and FiGKD's noise: the same draw in both runs
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        terms = loss(student, teacher, targets, epoch=30, **extra)
+    total = sum(terms.values())
+    (grad,) = torch.autograd.grad(total, student)
+    return {k: v.detach() for k, v in terms.items()}, grad
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize(("name", "options"), VARIANTS,
+                         ids=[f"{n}{'-' + '-'.join(map(str, o.values())) if o else ''}"
+                              for n, o in VARIANTS])
+def test_terms_and_gradients_equal_float32_under_autocast(
+    name: str, options: dict, dtype: torch.dtype
+) -> None:
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.randn(32, 100, generator=gen) * 3
+    student = teacher + 0.05 * torch.randn(32, 100, generator=gen)  # late in training
+    targets = torch.randint(0, 100, (32,), generator=gen)
+    want, want_grad = _terms(name, options, student, teacher, targets, None)
+    got, got_grad = _terms(name, options, student, teacher, targets, dtype)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key].dtype == torch.float32, key
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-7, msg=key)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-7)
