@@ -69,6 +69,38 @@ def test_ablations_are_figkd_options() -> None:
         S.ablation_methods(["colour"])
 
 
+def test_per_pair_loss_options_equal_the_pairs_configs(tmp_path: Path) -> None:
+    """Each baseline of a tier pair runs with the loss options of that pair's CIFAR-100
+    config (DKD's beta, KD + LS's temperature and weight), defaults included."""
+    from figkd.config import load_config
+
+    configs = REPO / "configs" / "cifar100"
+    checked = 0
+    for tier in ("short", "paper"):
+        study = S.plan_study(S.TIERS[tier], tmp_path / tier, tmp_path, device="cpu")
+        jobs = S.student_jobs(study, {p.name: "0" * 64 for p in study.tier.pairs}, write=False)
+        for job in jobs:
+            path = configs / job.method.name / f"{job.pair.teacher}_{job.pair.student}.yaml"
+            if job.seed or job.method.name == "ce" or not path.is_file():
+                continue
+            want = _loss_of(load_config(path))
+            got = _loss_of(job.config)
+            for option in ("beta", "temperature", "kd_weight", "ce_weight", "alpha",
+                           "standardize", "inter_weight", "intra_weight"):
+                if hasattr(want, option):
+                    assert getattr(got, option) == getattr(want, option), (tier, path, option)
+            checked += 1
+    assert checked == 6 + 2 * 6  # short: 1 pair; paper: 2 pairs; 6 distilling methods each
+    by_method = {j.method.name: j.config.loss.args for j in jobs if j.pair.teacher == "vgg13"}
+    assert by_method["dkd"]["beta"] == 6.0 and by_method["kd_ls"]["temperature"] == 3.0
+
+
+def _loss_of(cfg):  # noqa: ANN001, ANN202 - a resolved config -> its loss module
+    from figkd.losses import build_loss
+
+    return build_loss(cfg.loss.name, **dict(cfg.loss.args))
+
+
 # --------------------------------------------------------------------------- table math
 
 

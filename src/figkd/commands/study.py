@@ -3,7 +3,7 @@
     figkd study --tier smoke                         # 2 CPU cores, minutes: proves the pipeline
     figkd study --tier short --parallel 4            # GPU: 60-epoch recipe, resnet32x4 -> resnet8x4
     figkd study --tier paper --parallel 6 --amp bf16 # GPU: the full 240-epoch recipe, two pairs
-    figkd study --tier short --ablations all         # + FiGKD's bands/level/1d/noise/wavelet/beta
+    figkd study --tier short --ablations all         # + FiGKD's bands/level/1d/noise/wavelet/beta/reduction
     figkd study --tier short --report-only           # rebuild the table from the finished runs
 
 Trains each pair's teacher once (reused while its config is unchanged; its SHA-256 is pinned
