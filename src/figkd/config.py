@@ -129,7 +129,8 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer (paper recipe: SGD, momentum 0.9, weight decay 5e-4)."""
+    """Optimizer (paper recipe: SGD, momentum 0.9; weight decay 5e-4, the CRD/mdistiller value,
+    since the paper's is lost in our copy)."""
 
     name: str = field(default="sgd", metadata=_help("optimizer (sgd, adamw)"))
     lr: float | None = field(
