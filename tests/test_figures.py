@@ -80,10 +80,30 @@ def test_frequency_bands_equal_pywavelets(pair_dir: Path, capsys) -> None:
             fresh = run.model(image[None]).double().numpy()[0]
         np.testing.assert_allclose(logits, fresh, rtol=0, atol=1e-5)
         assert label == record["label"] and info["predicted"] == int(np.argmax(logits))
+        # class-space components (Figs. 2 and 5): pywt.idwt2 of LL alone / of the details alone
+        zero = np.zeros_like(ll)
+        low = pywt.idwt2((ll, (zero, zero, zero)), "haar", mode="zero")[:4, :3].reshape(-1)[:12]
+        high = pywt.idwt2((zero, (lh, hl, hh)), "haar", mode="zero")[:4, :3].reshape(-1)[:12]
+        for part, ref in (("low", low), ("high", high)):
+            np.testing.assert_allclose(arrays[f"{name}__{part}"], ref, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(info["components"][part], ref, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(low + high, logits, rtol=0, atol=1e-9)
+        assert info["predicted_high"] == int(np.argmax(high))
+        assert info["predicted_low"] == int(np.argmax(low))
+    with Image.open(out / "frequency_components.png") as image:
+        assert image.format == "PNG" and image.size[0] > 500
     # each student's detail distance is FiGKD's detail loss against the teacher, test-wide
     teacher = load_run(record["models"]["teacher"]["run_dir"])
     everything = list(range(len(teacher.test)))
-    t_logits = torch.as_tensor(forward_all(teacher.model, teacher.test, everything)["logits"])
+    t_out = forward_all(teacher.model, teacher.test, everything)
+    t_logits = torch.as_tensor(t_out["logits"])
+    # the teacher's top-1 from its high component alone, over the test split, by pywt
+    maps = t_out["logits"].reshape(-1, 4, 3)  # 12 classes fill the 4x3 map
+    _, details = pywt.dwt2(maps, "haar", mode="zero")
+    zero = np.zeros_like(details[0])
+    high = pywt.idwt2((zero, details), "haar", mode="zero")[:, :4, :3].reshape(len(maps), 12)
+    want = 100.0 * np.mean(high.argmax(1) == t_out["labels"])
+    assert record["models"]["teacher"]["test_top1_high_only"] == pytest.approx(want, abs=1e-9)
     for name in ("kd", "figkd"):
         student = load_run(record["models"][name]["run_dir"])
         s_logits = torch.as_tensor(forward_all(student.model, student.test, everything)["logits"])

@@ -7,7 +7,10 @@
 ``frequency`` (paper Fig. 5): the logit maps of the teacher, a KD student and a FiGKD student
 for one test image, and their LL/LH/HL/HH bands (``frequency.png``; the arrays in
 ``frequency.npz`` / ``frequency.json``), with each student's detail distance to the teacher
-over the test split.  ``tsne`` (Fig. 6): t-SNE of the students' embeddings
+over the test split; and the paper's class-space view (``frequency_components.png``): each
+model's logits split into a low and a high component by the inverse DWT, with the top-1 of
+each component alone over the test split (Fig. 2: a strong model's high component alone
+still finds the true class).  ``tsne`` (Fig. 6): t-SNE of the students' embeddings
 (``forward_features()["embedding"]``) on test images of the first classes (``tsne.png``,
 ``tsne.npz``, ``tsne.json``).
 
