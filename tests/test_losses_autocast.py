@@ -65,3 +65,52 @@ def test_terms_and_gradients_equal_float32_under_autocast(
         assert got[key].dtype == torch.float32, key
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-7, msg=key)
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-7)
+
+
+# ----------------------------------------------------------------- relational feature losses
+# Parameter-free feature terms built on Gram matrices, distances and similarities: their
+# arithmetic must stay float32 (learned connectors of FitNet, OFD, ... keep autocast on purpose).
+RELATIONAL = ["rkd", "pkt", "sp", "at", "catkd"]
+
+
+def _feature_terms(name: str, dtype: torch.dtype | None) -> tuple[dict, torch.Tensor]:
+    from figkd.models import create_model
+
+    torch.manual_seed(3)
+    teacher = create_model("resnet32x4", num_classes=100).eval().requires_grad_(False)
+    student = create_model("resnet8x4", num_classes=100).eval()  # eval: no BN-stat updates
+    x = torch.randn(16, 3, 32, 32)
+    loss = build_loss(name)
+    loss.setup(student, teacher, example_input=x[:2], num_train_samples=16)
+    with torch.no_grad():
+        t_feats = teacher.forward_features(x)
+    s_feats = student.forward_features(x)  # float32: only the loss runs under autocast
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        terms = loss(s_feats["logits"], t_feats["logits"], torch.arange(16) % 100,
+                     student_features=s_feats, teacher_features=t_feats,
+                     index=torch.arange(16), epoch=30)
+    feature_term = sum(v for k, v in terms.items() if k != "ce")
+    (grad,) = torch.autograd.grad(feature_term, s_feats["embedding"], retain_graph=False,
+                                  allow_unused=True) if name in ("rkd", "pkt") else (None,)
+    return {k: v.detach() for k, v in terms.items()}, grad
+
+
+@pytest.mark.parametrize("name", RELATIONAL)
+def test_relational_feature_terms_equal_float32_under_autocast(name: str) -> None:
+    """Untrained networks give nearly collinear embeddings, where bf16 Gram tricks fail most
+    (RKD's distance term was 9x off, PKT 2x, before the arithmetic was pinned to float32)."""
+    want, want_grad = _feature_terms(name, None)
+    got, got_grad = _feature_terms(name, torch.bfloat16)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-9, msg=key)
+    if want_grad is not None:
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-9)
+
+
+def test_rkd_with_a_batch_of_one_is_zero_not_nan() -> None:
+    """A single sample has no pair: the distance term is 0 (the official code gives NaN)."""
+    from figkd.losses.rkd import rkd_terms
+
+    distance, angle = rkd_terms(torch.randn(1, 8), torch.randn(1, 8))
+    assert distance.item() == 0.0 and angle.item() == 0.0

@@ -305,3 +305,20 @@ def test_trainer_resume_with_diffkd_is_bit_identical(tmp_path: Path) -> None:
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
     assert resumed["resumed"] == 1 and resumed["final"] == full["final"]
+
+
+def test_default_map_is_the_one_the_head_pools() -> None:
+    """DiffKD distils "features before pooling": ``pooled_map``, which for MobileNetV2 is the
+    1280-channel head map, not the last 160-channel stage; ``stage=`` picks a stage."""
+    torch.manual_seed(0)
+    teacher = create_model("ResNet50", num_classes=100).eval().requires_grad_(False)
+    student = create_model("MobileNetV2", num_classes=100)
+    x = torch.randn(2, 3, 32, 32)
+    default = build_loss("diffkd")
+    default.setup(student, teacher, example_input=x, num_train_samples=2)
+    assert default.feature_branch.connector.in_channels == 1280
+    staged = build_loss("diffkd", stage=-1)
+    staged.setup(student, teacher, example_input=x, num_train_samples=2)
+    assert staged.feature_branch.connector.in_channels == 160
+    feats = student.forward_features(x)
+    assert torch.equal(default._stage(feats, "student"), feats["pooled_map"])

@@ -383,7 +383,7 @@ class Trainer:
             self.teacher.to(device, memory_format=memory)
         _setup_method(loss, student, self.teacher, data)  # connectors, before the optimizer
         loss.to(device)
-        _broadcast_loss_state(loss, ctx)  # every rank starts from rank 0's connectors
+        _broadcast_loss_state(loss, ctx, device)  # every rank starts from rank 0's connectors
         self.student, self.loss = student, loss
         self.optimizer = build_optimizer(
             [*student.parameters(), *loss.parameters()], cfg, resolved_lr(cfg)
@@ -621,12 +621,22 @@ def _setup_method(
     )
 
 
-def _broadcast_loss_state(loss: nn.Module, ctx: dist_utils.DistContext) -> None:
-    """Give every DDP rank rank 0's loss parameters and buffers (DDP does this for the student)."""
+def _broadcast_loss_state(
+    loss: nn.Module, ctx: dist_utils.DistContext, device: torch.device
+) -> None:
+    """Give every DDP rank rank 0's loss parameters, buffers and extra state (DDP does this
+    for the student).  NCCL moves device tensors only, and some state lives on the host
+    (CRD's RNG state and ``memory_device="cpu"`` banks, DiffKD's generator state): those
+    travel through ``device`` and are copied back."""
     if not ctx.enabled:
         return
-    for tensor in loss.state_dict().values():
-        torch.distributed.broadcast(tensor, src=0)
+    state = loss.state_dict()
+    for tensor in state.values():
+        staged = tensor if tensor.device == device else tensor.to(device)
+        torch.distributed.broadcast(staged, src=0)
+        if staged is not tensor:
+            tensor.copy_(staged)
+    loss.load_state_dict(state)  # extra state (DiffKD's generator) is a copy: set it back
 
 
 def _loss_state(loss: nn.Module) -> dict[str, Any]:

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from figkd.losses.base import DistillationLoss, register_loss
-from figkd.losses.feature_utils import as_float, match_spatial, paired_stages
+from figkd.losses.feature_utils import match_spatial, paired_stages
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_weight
 
 

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
-from figkd.losses.feature_utils import require_setup
+from figkd.losses.feature_utils import pool_to, require_setup
+from figkd.losses.precision import as_float, full_precision
 from figkd.losses.validation import check_weight
 
 
@@ -67,8 +68,9 @@ def _classifier_weight(model: nn.Module) -> Tensor:
 
 def class_activation_maps(feature_map: Tensor, weight: Tensor, resolution: int) -> Tensor:
     """(B, K, r, r) CAMs: the classifier weights applied to the r x r average-pooled map."""
-    pooled = F.adaptive_avg_pool2d(feature_map.float(), resolution)
-    return torch.einsum("kc,bchw->bkhw", weight.float(), pooled)
+    pooled = pool_to(as_float(feature_map), resolution)
+    with full_precision(pooled):
+        return torch.einsum("kc,bchw->bkhw", as_float(weight), pooled)
 
 
 @register_loss("catkd", aliases=("cat_kd", "cat-kd"))

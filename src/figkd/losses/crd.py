@@ -110,6 +110,8 @@ def _gather_ranks(index: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
     """
     if not _distributed():
         return (index, *values)
+    if values:  # NCCL gathers device tensors only; the DataLoader path yields host indices
+        index = index.to(values[0].device)
     world = torch.distributed.get_world_size()
     n = torch.tensor([index.numel()], device=index.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]

@@ -4,8 +4,8 @@ A small student's features are treated as *noisy* versions of the teacher's.
 A light diffusion model learns the teacher's feature distribution (standard
 DDPM noise prediction on teacher features), and the student's feature is
 denoised by a few deterministic DDIM steps before it is matched to the
-teacher.  The pieces, per distilled tensor (the last stage's feature map and,
-by default, the logits):
+teacher.  The pieces, per distilled tensor (the feature map the head pools,
+``pooled_map``, and by default the logits):
 
 * connector: a 1x1 conv from the student's channels to the (latent) teacher's;
 * optional linear autoencoder (1x1 conv + BN encoder, 1x1 conv decoder) that
@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
-from figkd.losses.feature_utils import as_float, match_spatial, probe_features, require_setup
+from figkd.losses.feature_utils import match_spatial, probe_features, require_setup
+from figkd.losses.precision import as_float
 from figkd.losses.kd import check_temperature, kd_divergence
 from figkd.losses.validation import check_weight
 
@@ -249,9 +250,9 @@ class KnowledgeDiffusion(nn.Module):
 class DiffKDLoss(DistillationLoss):
     """Terms ``ce``, ``feat``, ``diff``, ``ae``, ``logit`` (+ ``logit_diff`` with logit diffusion).
 
-    ``feat`` is the MSE between the denoised student feature of ``stage`` and
-    the (AE-compressed) teacher feature; ``diff`` the DDPM loss of the feature
-    denoiser; ``ae`` the AE's reconstruction loss (0 without AE); ``logit`` KD
+    ``feat`` is the MSE between the denoised student map (``pooled_map``, or
+    ``stages[stage]``) and the (AE-compressed) teacher map; ``diff`` the DDPM
+    loss of the feature denoiser; ``ae`` the AE's reconstruction loss (0 without AE); ``logit`` KD
     (T^2 KL) from the teacher's logits to the student's logits, denoised by a
     second, 1x1 diffusion branch when ``logit_diffusion`` (then ``logit_diff``
     is that branch's DDPM loss).
@@ -262,7 +263,7 @@ class DiffKDLoss(DistillationLoss):
 
     def __init__(
         self,
-        stage: int = -1,
+        stage: int | None = None,
         ce_weight: float = 1.0,
         feat_weight: float = 1.0,
         diff_weight: float = 1.0,
@@ -278,7 +279,7 @@ class DiffKDLoss(DistillationLoss):
         beta_end: float = 0.02,
     ) -> None:
         super().__init__()
-        self.stage = int(stage)
+        self.stage = None if stage is None else int(stage)
         self.ce_weight = check_weight("ce_weight", ce_weight)
         self.feat_weight = check_weight("feat_weight", feat_weight)
         self.diff_weight = check_weight("diff_weight", diff_weight)
@@ -331,6 +332,15 @@ class DiffKDLoss(DistillationLoss):
 
     # -- construction -------------------------------------------------------------------------
     def _stage(self, features: Any, who: str) -> Tensor:
+        """The distilled map: ``pooled_map`` (the map the head pools, the paper's "features
+        before pooling") by default, else ``stages[stage]``."""
+        if self.stage is None:
+            if features.get("pooled_map") is None:
+                raise ValueError(
+                    f"DiffKD distils the {who}'s 'pooled_map' (the map before global pooling), "
+                    "which its forward_features() does not give; set stage= to use a stage"
+                )
+            return features["pooled_map"]
         stages = features["stages"]
         if not -len(stages) <= self.stage < len(stages):
             raise ValueError(f"stage={self.stage} but the {who} has {len(stages)} stages")

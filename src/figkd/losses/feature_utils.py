@@ -47,21 +47,29 @@ def paired_stages(
     return list(zip(student[len(student) - k :], teacher[len(teacher) - k :], strict=True))
 
 
+def pool_to(x: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """``F.adaptive_avg_pool2d(x, size)``, through ``avg_pool2d`` when the sizes divide evenly.
+
+    Same values and gradients, but adaptive pooling to a size other than 1 has no
+    deterministic CUDA backward: ``train.deterministic=true`` would stop at the first step.
+    """
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    h, w = x.shape[-2:]
+    if h % out_h == 0 and w % out_w == 0:
+        return F.avg_pool2d(x, (h // out_h, w // out_w))
+    return F.adaptive_avg_pool2d(x, (out_h, out_w))
+
+
 def match_spatial(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
     """Average-pool the larger of the two maps to the other's height and width."""
     (s_h, s_w), (t_h, t_w) = f_s.shape[-2:], f_t.shape[-2:]
     if (s_h, s_w) == (t_h, t_w):
         return f_s, f_t
     if s_h >= t_h and s_w >= t_w:
-        return F.adaptive_avg_pool2d(f_s, (t_h, t_w)), f_t
+        return pool_to(f_s, (t_h, t_w)), f_t
     if s_h <= t_h and s_w <= t_w:
-        return f_s, F.adaptive_avg_pool2d(f_t, (s_h, s_w))
+        return f_s, pool_to(f_t, (s_h, s_w))
     raise ValueError(f"cannot pool maps of sizes {(s_h, s_w)} and {(t_h, t_w)} to one size")
-
-
-def as_float(x: Tensor) -> Tensor:
-    """``x`` in at least float32 (features arrive in bf16/fp16 under AMP)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def require_setup(loss: nn.Module, attribute: str) -> Any:

@@ -19,11 +19,11 @@ from torch import Tensor, nn
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.feature_utils import (
     ConvRegressor,
-    as_float,
     hint_layers,
     probe_features,
     require_setup,
 )
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_weight
 
 

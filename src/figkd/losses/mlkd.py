@@ -34,6 +34,7 @@ from torch import Tensor
 
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.kd import check_temperature
+from figkd.losses.precision import as_float, full_precision
 from figkd.losses.standardize import standardize_logits
 from figkd.losses.validation import check_choice, check_logits, check_weight
 
@@ -54,9 +55,8 @@ def _gram_gap(p_s: Tensor, p_t: Tensor, transpose: bool) -> Tensor:
     equal matrices once the student fits the teacher: bf16 put 21 % error on the batch term
     and 23 % on its gradient there.  The public code trains in float32.
     """
-    with torch.autocast(device_type=p_s.device.type, enabled=False):
-        dtype = torch.promote_types(p_s.dtype, torch.float32)  # float64 stays float64
-        p_s, p_t = p_s.to(dtype), p_t.to(dtype)
+    p_s, p_t = as_float(p_s), as_float(p_t)  # float64 stays float64
+    with full_precision(p_s):
         if transpose:
             return p_t.T @ p_t - p_s.T @ p_s
         return p_t @ p_t.T - p_s @ p_s.T

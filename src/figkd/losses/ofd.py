@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
-from figkd.losses.feature_utils import require_setup
+from figkd.losses.feature_utils import pool_to, require_setup
 from figkd.losses.validation import check_weight
 
 
@@ -102,9 +102,9 @@ def _connector(cin: int, cout: int) -> nn.Sequential:
 def _pool_to_common(s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     size = (min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1]))
     if tuple(s.shape[-2:]) != size:
-        s = F.adaptive_avg_pool2d(s, size)
+        s = pool_to(s, size)
     if tuple(t.shape[-2:]) != size:
-        t = F.adaptive_avg_pool2d(t, size)
+        t = pool_to(t, size)
     return s, t
 
 

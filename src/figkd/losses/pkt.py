@@ -18,14 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from figkd.losses.base import DistillationLoss, register_loss
-from figkd.losses.feature_utils import as_float
+from figkd.losses.precision import as_float, full_precision
 from figkd.losses.validation import check_weight
 
 
 def _conditional(embedding: Tensor, exclude_self: bool, eps: float) -> Tensor:
     e = as_float(embedding).flatten(1)
     e = e / (e.norm(dim=1, keepdim=True) + eps)
-    kernel = (e @ e.t() + 1.0) / 2.0
+    with full_precision(e):
+        kernel = (e @ e.t() + 1.0) / 2.0
     if exclude_self:
         kernel = kernel * (1.0 - torch.eye(len(e), device=e.device, dtype=e.dtype))
     return kernel / kernel.sum(dim=1, keepdim=True)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
-from figkd.losses.feature_utils import require_setup
+from figkd.losses.feature_utils import pool_to, require_setup
 from figkd.losses.validation import check_weight
 
 
@@ -51,7 +51,7 @@ def hcl_loss(student: list[Tensor], teacher: list[Tensor], pool_sizes=(4, 2, 1))
                 continue
             weight /= 2.0
             loss = loss + weight * F.mse_loss(
-                F.adaptive_avg_pool2d(fs, size), F.adaptive_avg_pool2d(ft, size))
+                pool_to(fs, size), pool_to(ft, size))
             norm += weight
         total = total + loss / norm
     return total

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from figkd.losses.base import DistillationLoss, register_loss
-from figkd.losses.feature_utils import as_float
+from figkd.losses.precision import as_float, full_precision
 from figkd.losses.validation import check_weight
 
 
@@ -33,7 +33,7 @@ def pairwise_distance(e: Tensor, eps: float = 1e-12, squared: bool = False) -> T
 def _normalised_distance(e: Tensor, eps: float, squared: bool) -> Tensor:
     d = pairwise_distance(e, eps, squared)
     mean = d.sum() / (d > 0).sum().clamp(min=1)  # mean of the positive entries, no host sync
-    return d / mean
+    return d / mean.clamp(min=eps)  # a batch of 1 has no pair: all zeros, not 0/0
 
 
 def _angles(e: Tensor) -> Tensor:
@@ -47,10 +47,11 @@ def rkd_terms(
     """(distance loss, angle loss), both unweighted."""
     s = as_float(student).flatten(1)
     t = as_float(teacher.detach()).flatten(1)
-    distance = F.smooth_l1_loss(
-        _normalised_distance(s, eps, squared), _normalised_distance(t, eps, squared)
-    )
-    angle = F.smooth_l1_loss(_angles(s), _angles(t))
+    with full_precision(s):  # the distance Gram trick cancels: bf16 put it 9x off
+        distance = F.smooth_l1_loss(
+            _normalised_distance(s, eps, squared), _normalised_distance(t, eps, squared)
+        )
+        angle = F.smooth_l1_loss(_angles(s), _angles(t))
     return distance, angle
 
 

@@ -14,14 +14,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from figkd.losses.base import DistillationLoss, register_loss
-from figkd.losses.feature_utils import as_float
+from figkd.losses.precision import as_float, full_precision
 from figkd.losses.validation import check_weight
 
 
 def similarity_matrix(feature: Tensor) -> Tensor:
     """(B, ...) -> (B, B) row-normalised Gram matrix of the flattened features."""
     q = as_float(feature).flatten(1)
-    return F.normalize(q @ q.t(), p=2, dim=1)
+    with full_precision(q):
+        return F.normalize(q @ q.t(), p=2, dim=1)
 
 
 def sp_loss(student: Tensor, teacher: Tensor) -> Tensor:

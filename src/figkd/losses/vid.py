@@ -22,12 +22,12 @@ from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.feature_utils import (
-    as_float,
     match_spatial,
     paired_stages,
     probe_features,
     require_setup,
 )
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_weight
 
 
