@@ -38,7 +38,7 @@ def _terms(name: str, options: dict, student: torch.Tensor, teacher: torch.Tenso
     student = student.clone().requires_grad_(True)
     extra = {}
     if getattr(loss, "num_views", 1) == 2:  # MLKD: the strong view, also close to the teacher
-        extra = {"student_logits_strong": student * 0.9, "teacher_logits_strong": teacher * 0.9}
+        extra = {"student_logits_strong": student.flip(0), "teacher_logits_strong": teacher.flip(0)}
     torch.manual_seed(7)  # TeKAP and FiGKD's noise: the same draw in both runs
     with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         terms = loss(student, teacher, targets, epoch=30, **extra)
@@ -65,6 +65,25 @@ def test_terms_and_gradients_equal_float32_under_autocast(
         assert got[key].dtype == torch.float32, key
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-7, msg=key)
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(("name", "options"), VARIANTS,
+                         ids=[f"{n}{'-' + '-'.join(map(str, o.values())) if o else ''}"
+                              for n, o in VARIANTS])
+def test_half_precision_logits_give_the_terms_of_their_float32_values(
+    name: str, options: dict
+) -> None:
+    """bf16 logits passed directly (no autocast), e.g. from a ``.bfloat16()`` model: every
+    term, the CE terms included, is computed in float32 from the same values."""
+    gen = torch.Generator().manual_seed(1)
+    teacher = (torch.randn(16, 100, generator=gen) * 3).bfloat16()
+    student = (teacher.float() + 0.3 * torch.randn(16, 100, generator=gen)).bfloat16()
+    targets = torch.randint(0, 100, (16,), generator=gen)
+    half, _ = _terms(name, options, student, teacher, targets, None)
+    full, _ = _terms(name, options, student.float(), teacher.float(), targets, None)
+    for key in full:
+        assert half[key].dtype == torch.float32, key
+        torch.testing.assert_close(half[key], full[key], rtol=1e-6, atol=1e-8, msg=key)
 
 
 # ----------------------------------------------------------------- relational feature losses

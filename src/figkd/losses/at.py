@@ -64,7 +64,7 @@ class ATLoss(DistillationLoss):
     ) -> dict[str, Tensor]:
         at = at_loss(student_features["stages"], teacher_features["stages"], self.p)
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits, targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "at": self.feat_weight * at,
         }
 

@@ -141,7 +141,7 @@ class CATKDLoss(DistillationLoss):
         a_s = self.cams(student_features, 0)
         a_t = self.cams(teacher_features, 1)
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits.float(), targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "cat": self.cat_weight * F.mse_loss(a_s, a_t),
         }
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from figkd.losses.base import DistillationLoss, register_loss
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_logits, check_weight
 
 
@@ -37,7 +38,7 @@ class CELoss(DistillationLoss):
             raise ValueError("CELoss needs targets (class indices)")
         if self.validate:
             check_logits(student_logits, None, targets)
-        ce = F.cross_entropy(student_logits, targets, label_smoothing=self.label_smoothing)
+        ce = F.cross_entropy(as_float(student_logits), targets, label_smoothing=self.label_smoothing)
         return {"ce": self.weight * ce}
 
     def extra_repr(self) -> str:

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.feature_utils import require_setup
 from figkd.losses.kd import check_temperature, kd_divergence
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_weight
 
 _DTYPES = {
@@ -332,7 +333,7 @@ class CRDLoss(DistillationLoss):
             self._update_bank(self.memory_s, upd_index, upd_s)
             self._update_bank(self.memory_t, upd_index, upd_t)
         terms = {
-            "ce": self.ce_weight * F.cross_entropy(student_logits.float(), targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "crd": self.crd_weight * crd,
         }
         if self.kd_weight > 0:

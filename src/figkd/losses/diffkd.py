@@ -402,7 +402,7 @@ class DiffKDLoss(DistillationLoss):
         target, rec = branch.teacher_target(f_t)
         refined = branch.denoise(f_s, gen)
         terms = {
-            "ce": self.ce_weight * F.cross_entropy(student_logits, targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "feat": self.feat_weight * F.mse_loss(refined, target),
             "diff": self.diff_weight * branch.ddpm_loss(target, gen),
             "ae": self.ae_weight * rec if rec is not None else refined.new_zeros(()),

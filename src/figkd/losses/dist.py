@@ -22,6 +22,7 @@ from torch import Tensor
 
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.kd import check_temperature
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_logits, check_weight
 
 
@@ -77,7 +78,7 @@ class DISTLoss(DistillationLoss):
         inter, intra = dist_relations(student_logits, teacher_logits, self.temperature)
         scale = self.temperature**2
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits, targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "inter": scale * self.inter_weight * inter,
             "intra": scale * self.intra_weight * intra,
         }

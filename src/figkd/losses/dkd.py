@@ -29,6 +29,7 @@ from torch import Tensor
 
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.kd import check_temperature
+from figkd.losses.precision import as_float
 from figkd.losses.standardize import standardize_logits
 from figkd.losses.validation import check_logits, check_weight
 
@@ -122,7 +123,7 @@ class DKDLoss(DistillationLoss):
         tckd, nckd = dkd_parts(soft_student, soft_teacher, targets, self.temperature)
         scale = ramp * self.temperature**2
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits, targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "tckd": scale * self.alpha * tckd.mean(),
             "nckd": scale * self.beta * nckd.mean(),
         }

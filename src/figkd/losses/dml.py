@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.feature_utils import require_setup
 from figkd.losses.kd import check_temperature, kd_divergence
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_weight
 
 
@@ -104,9 +105,9 @@ class DMLLoss(DistillationLoss):
         peer_logits = peer(images)
         t = self.temperature
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits, targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "kl": self.kl_weight * kd_divergence(student_logits, peer_logits, t),
-            "peer_ce": self.ce_weight * F.cross_entropy(peer_logits, targets),
+            "peer_ce": self.ce_weight * F.cross_entropy(as_float(peer_logits), targets),
             "peer_kl": self.kl_weight * kd_divergence(peer_logits, student_logits, t),
         }
 

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.dkd import warmup_factor
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_logits, check_weight
 
 _ASYMPTOTIC_FROM = 30.0
@@ -142,7 +143,7 @@ class EKDLoss(DistillationLoss):
         ce_ev, first, second = ekd_parts(
             student_logits, teacher_logits, targets, self.lamb, self.teacher_lamb
         )
-        ce = ce_ev.mean() if self.evidential_ce else F.cross_entropy(student_logits, targets)
+        ce = ce_ev.mean() if self.evidential_ce else F.cross_entropy(as_float(student_logits), targets)
         return {
             "ce": self.ce_weight * ce,
             "first": self.first_weight * first.mean(),

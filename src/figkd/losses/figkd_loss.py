@@ -35,6 +35,7 @@ from figkd import wavelets
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.haar_fused import haar_detail_loss
 from figkd.losses.linear_bands import linear_band_loss
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_choice, check_logits, check_weight
 
 BANDS = ("high", "low", "both")
@@ -136,7 +137,7 @@ class FiGKDLoss(DistillationLoss):
         if self.validate:
             check_logits(student_logits, teacher_logits, targets)
         return {
-            "ce": self.alpha * F.cross_entropy(student_logits, targets),
+            "ce": self.alpha * F.cross_entropy(as_float(student_logits), targets),
             "detail": self._detail(student_logits, teacher_logits, self.beta),
         }
 

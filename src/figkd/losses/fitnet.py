@@ -78,7 +78,7 @@ class FitNetLoss(DistillationLoss):
         f_s = regressor(self._hint(student_features, "student"))
         f_t = self._hint(teacher_features, "teacher").detach()
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits, targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "hint": self.feat_weight * F.mse_loss(as_float(f_s), as_float(f_t)),
         }
 

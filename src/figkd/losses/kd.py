@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from figkd.losses.base import DistillationLoss, register_loss
+from figkd.losses.precision import as_float
 from figkd.losses.standardize import standardize_logits
 from figkd.losses.validation import check_logits, check_weight
 
@@ -80,7 +81,7 @@ class KDLoss(DistillationLoss):
             soft_student = standardize_logits(student_logits.to(dtype))
             soft_teacher = standardize_logits(teacher_logits.detach().to(dtype))
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits, targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "kd": self.kd_weight * kd_divergence(soft_student, soft_teacher, self.temperature),
         }
 

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.kd import check_temperature
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_choice, check_logits, check_weight
 
 
@@ -155,7 +156,7 @@ class LDRLDLoss(DistillationLoss):
         )
         t2 = self.temperature**2
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits, targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "local": self.alpha * t2 * local.mean(),
             "rest": self.beta * t2 * rest.mean(),
         }

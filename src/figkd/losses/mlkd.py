@@ -143,7 +143,7 @@ class MLKDLoss(DistillationLoss):
         sample_mask, class_mask = confidence_masks(t_weak)
         compute = self._official if self.variant == "official" else self._paper
         instance, batch, klass = compute(s_weak, t_weak, s_strong, t_strong, sample_mask, class_mask)
-        ce = F.cross_entropy(student_logits, targets) + F.cross_entropy(student_logits_strong, targets)
+        ce = F.cross_entropy(as_float(student_logits), targets) + F.cross_entropy(as_float(student_logits_strong), targets)
         return {
             "ce": self.ce_weight * ce,
             "instance": self.kd_weight * instance,

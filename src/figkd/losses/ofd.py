@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.feature_utils import pool_to, require_setup
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_weight
 
 
@@ -222,7 +223,7 @@ class OFDLoss(DistillationLoss):
             d = partial_l2(s_out.float(), t_map.float(), m.float())
             total = total + d * (self.stage_decay ** (n - 1 - i))
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits.float(), targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "ofd": self.feat_weight * total,
         }
 

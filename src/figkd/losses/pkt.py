@@ -82,7 +82,7 @@ class PKTLoss(DistillationLoss):
             eps=self.eps,
         )
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits, targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "pkt": self.feat_weight * pkt,
         }
 

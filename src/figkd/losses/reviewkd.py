@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.feature_utils import pool_to, require_setup
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_weight
 
 
@@ -185,7 +186,7 @@ class ReviewKDLoss(DistillationLoss):
             y, residual = abf(x, residual, tuple(t.shape[-2:]))
             outputs.insert(0, y)
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits.float(), targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "review": (self.review_weight * ramp) * hcl_loss(outputs, t_lv),
         }
 

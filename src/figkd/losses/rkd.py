@@ -94,7 +94,7 @@ class RKDLoss(DistillationLoss):
             squared=self.squared,
         )
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits, targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "distance": self.distance_weight * distance,
             "angle": self.angle_weight * angle,
         }

@@ -35,6 +35,7 @@ from torch import Tensor
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.dkd import non_target_columns, warmup_factor
 from figkd.losses.kd import check_temperature
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_logits, check_weight
 
 
@@ -121,7 +122,7 @@ class RLDLoss(DistillationLoss):
             student_logits, teacher_logits, targets, self.temperature, self.confidence_temperature
         )
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits, targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "scd": ramp * self.alpha * self.confidence_temperature**2 * scd.mean(),
             "mcd": ramp * self.beta * self.temperature**2 * mcd.mean(),
         }

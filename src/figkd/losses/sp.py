@@ -56,7 +56,7 @@ class SPLoss(DistillationLoss):
     ) -> dict[str, Tensor]:
         sp = sp_loss(student_features["stages"][self.stage], teacher_features["stages"][self.stage])
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits, targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "sp": self.feat_weight * sp,
         }
 

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.kd import check_temperature, kd_divergence
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_logits, check_weight
 
 
@@ -99,7 +100,7 @@ class TeKAPLoss(DistillationLoss):
         else:
             aug = kd.new_zeros(())
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits, targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "kd": self.kd_weight * kd,
             "aug": self.kd_weight * self.aug_weight * aug,
         }

@@ -114,7 +114,7 @@ class VIDLoss(DistillationLoss):
             raise ValueError(f"VID was set up for {len(heads)} stage pairs, got {len(pairs)}")
         vid = sum(head(f_s, f_t.detach()) for head, (f_s, f_t) in zip(heads, pairs, strict=True))
         return {
-            "ce": self.ce_weight * F.cross_entropy(student_logits, targets),
+            "ce": self.ce_weight * F.cross_entropy(as_float(student_logits), targets),
             "vid": self.feat_weight * vid,
         }
 
