@@ -45,6 +45,7 @@ def _labels(batch: int, classes: int, seed: int = 0) -> torch.Tensor:
 def _np_detail_loss(
     student: np.ndarray, teacher: np.ndarray, wavelet: str = "haar", level: int = 1,
     bands: str = "high", transform: str = "2d", reduction: str = "mean",
+    detail_levels: str = "all",
 ) -> float:
     """Independent reference: PyWavelets on each side separately, no difference trick."""
     def decompose(z: np.ndarray) -> list:
@@ -59,7 +60,8 @@ def _np_detail_loss(
     cs, ct = decompose(student), decompose(teacher)
     pairs = []
     if bands in ("high", "both"):
-        pairs += [(s, t) for sb, tb in zip(cs[1:], ct[1:]) for s, t in zip(sb, tb)]
+        last = 2 if detail_levels == "deepest" else None  # wavedec lists level J first
+        pairs += [(s, t) for sb, tb in zip(cs[1:last], ct[1:last]) for s, t in zip(sb, tb)]
     if bands in ("low", "both"):
         pairs.append((cs[0], ct[0]))
     total = 0.0
@@ -171,7 +173,9 @@ def test_figkd_default_equals_pywavelets_reference(num_classes: int, detail_path
     "options",
     [dict(level=2), dict(level=3), dict(bands="low"), dict(bands="both"), dict(transform="1d"),
      dict(transform="1d", level=3), dict(wavelet="db2"), dict(wavelet="bior1.3"),
-     dict(reduction="sum"), dict(level=2, bands="both", reduction="sum")],
+     dict(reduction="sum"), dict(level=2, bands="both", reduction="sum"),
+     dict(level=2, detail_levels="deepest"), dict(level=3, detail_levels="deepest", bands="both"),
+     dict(transform="1d", level=3, detail_levels="deepest")],
 )
 @pytest.mark.parametrize("num_classes", [67, 100, 200])
 @pytest.mark.filterwarnings("ignore:level")
@@ -263,7 +267,8 @@ def test_figkd_gradients_reach_student_never_teacher(detail_path: str) -> None:
 
 
 @pytest.mark.parametrize("options", [{}, dict(level=3, bands="both"), dict(bands="low", level=2),
-                                     dict(reduction="sum", level=2), dict(wavelet="db2", transform="1d")])
+                                     dict(reduction="sum", level=2), dict(wavelet="db2", transform="1d"),
+                                     dict(level=3, detail_levels="deepest")])
 @pytest.mark.parametrize("num_classes", [67, 200, 1000])
 @pytest.mark.filterwarnings("ignore:level")
 def test_figkd_fast_path_gradients_equal_band_path_gradients(options: dict, num_classes: int) -> None:

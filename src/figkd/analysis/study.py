@@ -143,7 +143,10 @@ def main_methods(epochs: int) -> list[Method]:
 #: FiGKD ablations (options of the ``figkd`` loss); the default row is the main FiGKD run
 ABLATIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "bands": [("low", {"bands": "low"}), ("both", {"bands": "both"})],
-    "level": [("2", {"level": 2}), ("3", {"level": 3})],
+    # both readings of Table 11: the details of levels 1..J, or of level J only
+    "level": [("2", {"level": 2}), ("3", {"level": 3}),
+              ("2-deepest", {"level": 2, "detail_levels": "deepest"}),
+              ("3-deepest", {"level": 3, "detail_levels": "deepest"})],
     "transform": [("1d", {"transform": "1d"})],
     "noise": [(f"{s:g}", {"noise_std": s}) for s in (0.05, 0.1, 0.2, 0.5)],
     "wavelet": [("db2", {"wavelet": "db2"}), ("bior1.3", {"wavelet": "bior1.3"})],

@@ -41,6 +41,7 @@ from figkd.losses.validation import check_choice, check_logits, check_weight
 BANDS = ("high", "low", "both")
 TRANSFORMS = ("2d", "1d")
 REDUCTIONS = ("mean", "sum")
+DETAIL_LEVELS = ("all", "deepest")
 
 class Band(NamedTuple):
     """One wavelet band of a logit difference and its weight in the loss."""
@@ -66,8 +67,10 @@ class FiGKDLoss(DistillationLoss):
             weight at 1 and the CE weight with the detail weight at 2; the optimum's
             numbers are lost in our copy of the paper).
         wavelet: any discrete PyWavelets wavelet; Haar by default (Table 16).
-        level: decomposition depth; detail bands of every level count as high
-            bands (Table 11).
+        level: decomposition depth (Table 11).
+        detail_levels: which levels' detail bands are the high bands when ``level`` > 1:
+            ``"all"`` (levels 1..J; default) or ``"deepest"`` (level J only, the
+            "reduced spatial support" reading of §5.1.3).  No effect at level 1.
         bands: which bands are matched: ``"high"`` (LH, HL, HH; default),
             ``"low"`` (the final LL only) or ``"both"`` (Table 10).
         transform: ``"2d"`` on the H x W logit map (default) or ``"1d"`` on the
@@ -102,6 +105,7 @@ class FiGKDLoss(DistillationLoss):
         mode: str = "zero",
         grid: tuple[int, int] | None = None,
         validate: bool = True,
+        detail_levels: str = "all",
     ):
         super().__init__()
         self.alpha = check_weight("alpha", alpha)
@@ -119,6 +123,7 @@ class FiGKDLoss(DistillationLoss):
                 "use bands='high' or 'both', or noise_std=0"
             )
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        self.detail_levels = check_choice("detail_levels", detail_levels, DETAIL_LEVELS)
         self.mode = wavelets.check_mode(mode)
         self.grid = tuple(grid) if grid is not None else None
         self.validate = validate
@@ -154,10 +159,11 @@ class FiGKDLoss(DistillationLoss):
         if self.transform == "2d":
             signal = wavelets.logits_to_grid(difference, self.grid)
             coeffs = wavelets.wavedec2(signal, self.wavelet, self.mode, self.level)
-            high = [band for level_bands in coeffs[1:] for band in level_bands]
+            levels = coeffs[1:2] if self.detail_levels == "deepest" else coeffs[1:]
+            high = [band for level_bands in levels for band in level_bands]
         else:
             coeffs = wavelets.wavedec(difference, self.wavelet, self.mode, self.level)
-            high = list(coeffs[1:])
+            high = list(coeffs[1:2] if self.detail_levels == "deepest" else coeffs[1:])
         selected = []
         if self.bands in ("high", "both"):
             selected += [Band(band, self._band_weight(band[0].numel()), True) for band in high]
@@ -169,7 +175,7 @@ class FiGKDLoss(DistillationLoss):
         return (
             f"alpha={self.alpha}, beta={self.beta}, wavelet={self.wavelet!r}, level={self.level}, "
             f"bands={self.bands!r}, transform={self.transform!r}, noise_std={self.noise_std}, "
-            f"reduction={self.reduction!r}, mode={self.mode!r}"
+            f"reduction={self.reduction!r}, mode={self.mode!r}, detail_levels={self.detail_levels!r}"
         )
 
     # ------------------------------------------------------------ internals
@@ -233,5 +239,7 @@ class FiGKDLoss(DistillationLoss):
             self._level_sizes[num_classes] = sizes
         per_sample = scale / student.shape[0]
         high = [per_sample * self._band_weight(n) for n in sizes] if self.bands != "low" else [0.0] * len(sizes)
+        if self.detail_levels == "deepest":  # levels 1 .. J-1 weigh nothing
+            high = [0.0] * (len(sizes) - 1) + high[-1:]
         low = per_sample * self._band_weight(sizes[-1]) if self.bands != "high" else 0.0
         return haar_detail_loss(student, teacher, grid, high, low)
