@@ -149,3 +149,28 @@ def test_a_fresh_start_drops_metrics_left_by_a_run_killed_before_its_first_check
         (run / "summary.json").unlink()
         (run / "checkpoints/last.pt").unlink()
         (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "stale": True}) + "\n")
+
+
+def test_dataloader_path_result_does_not_depend_on_the_worker_count(tmp_path: Path) -> None:
+    """Each sample's crop and flip draw from a stream seeded by (seed, epoch, index), not from
+    whichever process loads it: 0 and 2 workers train the same weights (before, they did not,
+    and a resume that changed the count silently took another trajectory)."""
+    from figkd.data import synthetic
+
+    root = synthetic.write_fake_cifar100(tmp_path / "cifar", train_per_class=2, test_per_class=1)
+    weights = []
+    for workers in (0, 2):
+        cfg = config_from_dict({
+            "experiment": f"w{workers}",
+            "output_dir": str(tmp_path / "runs"),
+            "model": {"name": "tiny_cnn", "args": {"width": 4}},
+            "data": {"dataset": "cifar100", "root": str(root), "loader": "torch",
+                     "num_workers": workers, "batch_size": 32, "val_fraction": 0},
+            "train": {"epochs": 2, "device": "cpu", "num_threads": 1, "progress": "none",
+                      "deterministic": True},
+        })
+        Trainer(cfg, tmp_path / "runs" / f"w{workers}").fit()
+        weights.append(load_weights_only(tmp_path / "runs" / f"w{workers}" / "checkpoints"
+                                         / "last.pt")["model"])
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key

@@ -2,7 +2,9 @@
 
 Both paths yield ``(images, targets, sample_index)`` and draw each epoch's order
 from :func:`figkd.data.epoch_generator` ``(seed, epoch)``, so a resumed run sees
-exactly the batches an uninterrupted one would.  Under DDP every rank takes a
+exactly the batches an uninterrupted one would.  On the DataLoader path each training
+sample's random transform is seeded by ``(seed, epoch, index)``, so the result does not
+depend on the worker count either.  Under DDP every rank takes a
 strided shard of the same permutation (rank r gets positions r, r+W, ...), so
 W processes with batch B/W see the same global batches as one with batch B.
 Evaluation shards are strided without padding, so summed metrics are exact.
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -138,17 +141,41 @@ class FastSource:
 # --------------------------------------------------------------------------- torch path
 
 
-class _Indexed(Dataset):
-    """``(image, target, index)`` items, so batches can be traced to samples."""
+#: mixed into every per-sample augmentation seed, so it differs from the sampler's streams
+_AUGMENT_STREAM = 0x6175676D
 
-    def __init__(self, dataset: Any) -> None:
+
+class _Indexed(Dataset):
+    """``(image, target, index)`` items, so batches can be traced to samples.
+
+    With ``seed`` set (training), an item's random transform draws from its own torch stream
+    seeded by ``(seed, epoch, index)`` and leaves the process's RNG as it was.  The crops and
+    flips then do not depend on ``data.num_workers`` or on which worker loads the item: with
+    the global stream, 0 and 2 workers (or a resume that changed the count) trained
+    different models.
+    """
+
+    def __init__(self, dataset: Any, seed: int | None = None) -> None:
         self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
-        image, target = self.dataset[index]
+        if self.seed is None:
+            image, target = self.dataset[index]
+            return image, target, index
+        words = np.random.SeedSequence(
+            [int(self.seed), int(self.epoch), int(index), _AUGMENT_STREAM]
+        ).generate_state(2, dtype=np.uint32)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(words[0]) << 32 | int(words[1]))
+            image, target = self.dataset[index]
         return image, target, index
 
 
@@ -200,7 +227,7 @@ class TorchSource:
                 dataset, range(ctx.rank, len(dataset), ctx.world_size)
             )
             self.targets = self.targets[ctx.rank :: ctx.world_size]
-        self.dataset = _Indexed(dataset)
+        self.dataset = _Indexed(dataset, seed if train else None)
         self.sampler = EpochSampler(
             len(self.dataset), seed, ctx if train else DistContext(), shuffle=train
         )
@@ -215,7 +242,7 @@ class TorchSource:
 
     def use_plan(self, planned: Any) -> None:
         """Train on a :class:`~figkd.data.planned_crop.PlannedDataset` (pre-sampled crops)."""
-        self.dataset = _Indexed(planned)
+        self.dataset = _Indexed(planned, self.dataset.seed)
 
     def positions(self, epoch: int, rank: int, world_size: int) -> list[int]:
         """Sample indices rank ``rank`` of ``world_size`` trains on in ``epoch`` (no images)."""
@@ -226,6 +253,7 @@ class TorchSource:
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)  # per-sample augmentation streams
         if hasattr(self.dataset.dataset, "set_epoch"):  # planned crops: this epoch's rows
             self.dataset.dataset.set_epoch(epoch)
         generator = epoch_generator(self.seed * 1000 + self.rank, epoch)
