@@ -143,3 +143,24 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     torch.save({"model": create_model("tiny_cnn", num_classes=10)}, path)
     with pytest.raises(ValueError, match="weights_only=True"):
         load_checkpoint(create_model("tiny_cnn", num_classes=10), path)
+
+
+def test_damaged_or_foreign_files_are_named_errors(tmp_path: Path) -> None:
+    """A truncated copy or a file that is not a checkpoint: a ValueError that names the file
+    (the CLI prints it as one line), for teachers and for resumes alike."""
+    from figkd.engine import load_teacher, load_weights_only
+
+    good = tmp_path / "good.pt"
+    torch.save({"model": create_model("tiny_cnn", num_classes=10).state_dict()}, good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:300])
+    garbage = tmp_path / "notes.pt"
+    garbage.write_text("these are not weights")
+    for path, why in ((truncated, "damaged, truncated"), (garbage, "not a torch checkpoint")):
+        with pytest.raises(ValueError, match=why) as info:
+            load_weights_only(path)
+        assert str(path) in str(info.value)
+        with pytest.raises(ValueError, match=str(path)):
+            load_teacher("tiny_cnn", path, 10)
+        with pytest.raises(ValueError, match=str(path)):
+            load_checkpoint(create_model("tiny_cnn", num_classes=10), path)

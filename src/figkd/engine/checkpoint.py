@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from figkd.models import MODELS, CheckpointMismatchError, create_model, load_checkpoint
-from figkd.models.checkpoint import file_sha256
+from figkd.models.checkpoint import file_sha256, read_checkpoint_file
 
 FORMAT_VERSION = 1
 
@@ -46,14 +46,9 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
 def load_weights_only(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (no arbitrary code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    obj = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
-    return dict(obj)
+    """Read a checkpoint with ``weights_only=True`` (no arbitrary code runs); a damaged or
+    foreign file is a ``ValueError`` that names it."""
+    return read_checkpoint_file(path, map_location)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -77,18 +77,42 @@ def read_checkpoint(
     if isinstance(path_or_state, Mapping):
         return extract_state_dict(path_or_state), "<state dict>", None, path_or_state
     path = Path(path_or_state)
+    raw = read_checkpoint_file(path, map_location)
+    return extract_state_dict(raw), str(path), file_sha256(path), raw
+
+
+def read_checkpoint_file(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """A checkpoint's top-level dict, read with ``weights_only=True`` (no code runs).
+
+    Every way a file can fail to load is a ``ValueError`` naming the file and the fix: a
+    damaged or truncated copy, a file that is not a torch checkpoint, or one that pickles
+    objects besides tensors and plain containers.
+    """
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        # torch's message is mostly advice to load with weights_only=False; keep its reason
+        reasons = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
+        detail = f" ({reasons[0]})" if reasons else ""
         raise ValueError(
-            f"checkpoint {path} holds pickled objects besides tensors and plain containers; "
-            f"figkd loads with weights_only=True, so save a state_dict instead ({error})"
+            f"cannot read checkpoint {path}: it is not a torch checkpoint, is damaged, or "
+            "pickles objects besides tensors and plain containers (figkd loads with "
+            f"weights_only=True; save a state_dict, or copy the file again){detail}"
+        ) from error
+    except Exception as error:  # noqa: BLE001 - torch's unpickler raises many types on junk
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"cannot read checkpoint {path}: the file is damaged, truncated or not a torch "
+            f"checkpoint; copy it again or retrain it ({first})"
         ) from error
     if not isinstance(raw, Mapping):
         raise ValueError(f"checkpoint {path} holds a {type(raw).__name__}, not a dict")
-    return extract_state_dict(raw), str(path), file_sha256(path), raw
+    return dict(raw)
 
 
 def load_checkpoint(
