@@ -197,3 +197,28 @@ def test_on_off_yes_no_stay_strings_only_true_false_are_booleans(tmp_path: Path)
     path.write_text("teacher:\n  cache: on\ntrain:\n  deterministic: TRUE\n")
     from_file = load_config(path)
     assert from_file.teacher.cache == "on" and from_file.train.deterministic is True
+
+
+def test_schedule_gamma_must_be_positive() -> None:
+    from figkd.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"schedule.gamma must be > 0"):
+        load_config(None, ["schedule.gamma=-1"])
+
+
+def test_milestones_past_a_shortened_run_warn_with_the_scaled_ones(tmp_path: Path) -> None:
+    """``train.epochs=60`` with the paper's 150/180/210 would never decay the LR."""
+    from figkd.config import apply_overrides, config_from_dict
+    from figkd.engine.trainer import _warn_unreached_milestones
+
+    data = apply_overrides({}, ["train.epochs=60"])
+    with pytest.warns(UserWarning, match=r"\[150, 180, 210\].*milestones=\[37,45,52\]"):
+        _warn_unreached_milestones(config_from_dict(data))
+    scaled = apply_overrides({}, ["train.epochs=60", "schedule.milestones=[37,45,52]"])
+    cfg = config_from_dict(scaled)
+    assert cfg.schedule.milestones == [37, 45, 52]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_unreached_milestones(cfg)

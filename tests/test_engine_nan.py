@@ -68,3 +68,38 @@ def test_nan_names_step_and_term_and_keeps_last_checkpoint(tmp_path: Path) -> No
         torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point()
     )
     assert not (tmp_path / "run/summary.json").exists()
+
+
+class NaNLogitsAtStep(CELoss):
+    """CE whose student logits turn NaN at one global step: the loss's own input check
+    (validation on, the CPU default) is what notices."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step, self.calls = step, 0
+
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, **context: Any
+    ) -> dict[str, Tensor]:
+        self.calls += 1
+        if self.calls == self.step:
+            student_logits = student_logits + float("nan")
+        return super().forward(student_logits, teacher_logits, targets, **context)
+
+
+def test_non_finite_logits_caught_by_a_loss_give_the_trainers_message(tmp_path: Path) -> None:
+    cfg = config_from_dict(
+        {
+            "experiment": "nan",
+            "output_dir": str(tmp_path),
+            "model": {"name": "tiny_cnn", "args": {"width": 4}},
+            "data": {"dataset": "digits", "num_workers": 0},
+            "train": {"epochs": 2, "device": "cpu", "num_threads": 1, "progress": "none"},
+        }
+    )
+    steps_per_epoch = 1295 // 64
+    with pytest.raises(NonFiniteLossError) as info:
+        Trainer(cfg, tmp_path / "run", loss=NaNLogitsAtStep(steps_per_epoch + 2)).fit()
+    message = str(info.value)
+    assert "epoch 2, step 2 " in message and "student_logits contains" in message
+    assert "(epoch 1) is intact" in message and "--resume" in message

@@ -192,3 +192,29 @@ def test_a_training_split_smaller_than_one_batch_is_named(tmp_path: Path, loader
     with pytest.raises(ValueError, match=r"has 1295 images .* fewer than one batch of "
                                          r"data\.batch_size=2048.*lower data\.batch_size"):
         Trainer(cfg, tmp_path / "run").fit()
+
+
+def test_labels_outside_the_class_list_are_refused_before_training(tmp_path: Path) -> None:
+    """A copy whose labels exceed its class list (e.g. two datasets mixed) must stop with the
+    split and data.root named, not train (CPU) or hit a device-side assert (CUDA)."""
+    import pickle
+
+    from figkd.data import synthetic
+
+    folder = synthetic.write_fake_cifar100(tmp_path / "cifar", num_classes=5)
+    with open(folder / "meta", "rb") as handle:
+        meta = pickle.load(handle)
+    meta[b"fine_label_names"] = meta[b"fine_label_names"][:3]  # labels 0..4, 3 names
+    with open(folder / "meta", "wb") as handle:
+        pickle.dump(meta, handle)
+    for loader in ("fast", "torch"):
+        cfg = config_from_dict({
+            "experiment": loader, "output_dir": str(tmp_path / "runs"),
+            "model": {"name": "tiny_cnn", "args": {"width": 4}},
+            "data": {"dataset": "cifar100", "root": str(folder.parent), "loader": loader,
+                     "num_workers": 0, "batch_size": 4, "val_fraction": 0},
+            "train": {"epochs": 1, "device": "cpu", "progress": "none"},
+        })
+        with pytest.raises(ValueError, match=r"train split of 'cifar100'.*labels in \[0, 4\] "
+                                             r"but 3 classes.*data.root"):
+            Trainer(cfg, tmp_path / "runs" / loader).fit()

@@ -621,6 +621,9 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if sorted(cfg.schedule.milestones) != cfg.schedule.milestones:
         raise ConfigError(f"schedule.milestones must be increasing, got {cfg.schedule.milestones}")
+    if cfg.schedule.gamma <= 0:
+        raise ConfigError(f"schedule.gamma must be > 0 (the LR factor per milestone), got "
+                          f"{cfg.schedule.gamma}")
     if cfg.schedule.warmup_epochs < 0:
         raise ConfigError(f"schedule.warmup_epochs must be >= 0, got {cfg.schedule.warmup_epochs}")
     device = cfg.train.device

@@ -287,6 +287,22 @@ def _fixed_inputs(spec: Any) -> bool:
     return not (spec.rotate or spec.padding or spec.flip)
 
 
+def _check_labels(
+    dataset: str, root: str | None, split: str, targets: torch.Tensor, num_classes: int
+) -> None:
+    """Labels outside [0, classes) would train on garbage on the CPU (losses stop them only
+    with validation on) and end in a device-side assert on CUDA: refuse them here."""
+    if targets.numel() == 0:
+        return
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"the {split} split of {dataset!r} (data.root={root}) has labels in [{low}, {high}] "
+            f"but {num_classes} classes: the copy is damaged or mixes two datasets; point "
+            "data.root at a complete copy"
+        )
+
+
 def build_data(cfg: Config, ctx: DistContext, device: torch.device, views: int = 1) -> DataBundle:
     """Train / val / test batch sources for ``cfg`` on this rank."""
     d = cfg.data
@@ -381,6 +397,8 @@ def build_data(cfg: Config, ctx: DistContext, device: torch.device, views: int =
             )
         classes = datasets["train"].classes
         train_size = len(datasets["train"])
+    for split in splits:
+        _check_labels(entry.name, d.root, split, sources[split].targets, len(classes))
     if len(sources["train"]) == 0:  # drop_last: fewer training images than one batch
         raise ValueError(
             f"the training split of {entry.name!r} has {train_size} images (after holding out "

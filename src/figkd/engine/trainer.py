@@ -17,6 +17,7 @@ import inspect
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ from figkd.engine.run_dir import (
 from figkd.engine.seeding import get_rng_state, seed_everything, set_deterministic, set_rng_state
 from figkd.engine.teacher_cache import resolve_teacher_cache
 from figkd.losses import LOSSES, DistillationLoss, build_loss
+from figkd.losses.validation import NonFiniteLogitsError
 from figkd.models import create_model
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {
@@ -270,13 +272,16 @@ class Trainer:
             named = "on another rank (its log names the term)"
         else:
             named = f"total={total.item()} (every term is finite; their sum overflowed)"
+        raise NonFiniteLossError(self._non_finite_message(named, epoch, step, global_step))
+
+    def _non_finite_message(self, named: str, epoch: int, step: int, global_step: int) -> str:
         last_good = epoch - 1
         kept = (
             f"{self.dir.last} (epoch {last_good}) is intact"
             if last_good > 0
             else "no checkpoint had been written yet"
         )
-        raise NonFiniteLossError(
+        return (
             f"non-finite loss at epoch {epoch}, step {step} (global step {global_step}): "
             f"{named}. The optimizer step was skipped and {kept}. Lower optim.lr, "
             "use train.amp=none, or inspect the data; then --resume from the last checkpoint"
@@ -294,6 +299,7 @@ class Trainer:
 
     def _fit(self) -> dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
+        _warn_unreached_milestones(cfg)
         session_start = time.perf_counter()
         self.device = dist_utils.resolve_device(cfg.train.device, ctx)
         dist_utils.init_process_group(ctx, self.device)
@@ -457,10 +463,15 @@ class Trainer:
         )
         for step, (images, targets, index, cached) in enumerate(self._train_batches(epoch), 1):
             state.global_step += 1
-            with self.autocast():
-                logits, terms = self.distiller(
-                    images, targets, teacher_logits=cached, index=index, epoch=epoch
-                )
+            try:
+                with self.autocast():
+                    logits, terms = self.distiller(
+                        images, targets, teacher_logits=cached, index=index, epoch=epoch
+                    )
+            except NonFiniteLogitsError as error:  # a loss's own input check (validation on)
+                raise NonFiniteLossError(
+                    self._non_finite_message(str(error), epoch, step, state.global_step)
+                ) from error
             total = sum(terms.values())
             self._check_finite(total, terms, epoch, step, state.global_step)
             self.optimizer.zero_grad(set_to_none=True)
@@ -619,6 +630,22 @@ def _setup_method(
         example_input=images[: data.per_rank_batch],
         num_train_samples=data.train_size,
     )
+
+
+def _warn_unreached_milestones(cfg: Any) -> None:
+    """Milestones at or past the last epoch never decay the LR: usually ``train.epochs`` was
+    shortened without scaling ``schedule.milestones`` (the paper's are for 240 epochs)."""
+    if cfg.schedule.name != "multistep":
+        return
+    late = [m for m in cfg.schedule.milestones if m >= cfg.train.epochs]
+    if late:
+        scaled = [m * cfg.train.epochs // 240 for m in (150, 180, 210)]
+        warnings.warn(
+            f"schedule.milestones {late} are at or past train.epochs={cfg.train.epochs}: the "
+            "learning rate never decays there. To scale the paper's 150/180/210 of 240, set "
+            f"schedule.milestones=[{','.join(map(str, scaled))}]",
+            stacklevel=3,
+        )
 
 
 def _broadcast_loss_state(

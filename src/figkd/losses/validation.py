@@ -18,11 +18,15 @@ def _check_matrix(name: str, logits: object) -> Tensor:
     return logits
 
 
+class NonFiniteLogitsError(ValueError):
+    """Logits hold NaN or inf (the trainer adds the epoch, step and checkpoint state)."""
+
+
 def _check_finite(name: str, logits: Tensor) -> None:
     finite = torch.isfinite(logits)
     if not bool(finite.all()):
         bad = int((~finite).sum())
-        raise ValueError(
+        raise NonFiniteLogitsError(
             f"{name} contains {bad} non-finite value(s) (NaN or inf) out of {logits.numel()}; "
             "check the model's outputs and the learning rate, or enable anomaly detection"
         )
