@@ -174,3 +174,23 @@ def test_dataloader_path_result_does_not_depend_on_the_worker_count(tmp_path: Pa
                                          / "last.pt")["model"])
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_resume_survives_a_torn_last_metrics_line(tmp_path: Path) -> None:
+    """A kill in the middle of appending an epoch's record leaves half a JSON line; that
+    epoch has no checkpoint yet, so resuming drops the line and trains it again."""
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        Trainer(digits_config(tmp_path, "run"), run, loss=KillableCE(kill_at=(3, 1))).fit()
+    metrics = run / "metrics.jsonl"
+    with open(metrics, "a") as handle:
+        handle.write('{"epoch": 3, "train": {"lo')
+    summary = Trainer(digits_config(tmp_path, "run"), run, resume=True, loss=KillableCE()).fit()
+    epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4] and summary["final"]["epoch"] == 4
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
+    from figkd.engine.run_dir import RunDir
+
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not JSON.*--overwrite"):
+        RunDir(run).read_metrics()

@@ -100,3 +100,16 @@ def test_mean_std_edge_cases() -> None:
     assert mean_std([2.0]) == (2.0, None)
     assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
     assert math.isnan(mean_std([])[0])
+
+
+def test_a_run_found_twice_counts_once(runs: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The same experiment and seed in two folders (a copy of a study) count once."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("copy")
+    shutil.copytree(runs / "cifar100", copy / "cifar100")
+    with pytest.warns(UserWarning, match=r"seed 0 found twice"):
+        rows = {r["experiment"]: r for r in aggregate(find_summaries([runs, copy]))}
+    figkd = rows["cifar100/figkd/r32x4_r8x4"]
+    assert figkd["n"] == 3 and figkd["seeds"] == "0 1 2"
+    assert figkd["top1_last_mean"] == pytest.approx((77.0 + 78.0 + 79.5) / 3)

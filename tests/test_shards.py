@@ -132,3 +132,20 @@ def test_study_reads_shards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     capsys.readouterr()
     assert main(common) != 0  # the CLI reports the reader's error and fails
     assert "no train shards" in capsys.readouterr().err
+
+
+def test_labels_and_long_class_names_count_toward_the_cap(tmp_path: Path) -> None:
+    """The shard's labels (8 bytes each) and class-name arrays (4 bytes per character) are
+    part of its size: with 1000 long names they take ~0.2 MiB of a 0.5 MiB cap."""
+    images = _images(600)
+    labels = np.arange(600) % 1000
+    classes = [f"n{i:08d}" for i in range(1000)]
+    names = [f"a rather long human-readable name of class {i:04d}" for i in range(1000)]
+    paths = shards.write_shards(tmp_path / "p", "train", images, labels, classes,
+                                class_names=names, max_mib=0.5, codec="raw", block=32)
+    assert len(paths) > 1 and all(p.stat().st_size <= 0.5 * 2**20 for p in paths)
+    got, got_labels, _, _ = shards.read_shards(tmp_path / "p", "train")
+    assert np.array_equal(got, images) and np.array_equal(got_labels, labels)
+    with pytest.raises(ValueError, match=r"labels and class names take .* MiB > --max-mib 0.2"):
+        shards.write_shards(tmp_path / "q", "train", images, labels, classes,
+                            class_names=names, max_mib=0.2, codec="raw", block=32)

@@ -983,7 +983,8 @@ def write_study_report(
     parts += [
         "",
         "Test accuracy (%), mean ± sample standard deviation over seeds. \"last epoch\": the "
-        "final epoch's test accuracy (what the paper reports); \"best val\": the test accuracy "
+        "final epoch's test accuracy (our main number; the paper does not say last or best); "
+        "\"best val\": the test accuracy "
         "at the epoch with the best validation accuracy. Time / run: mean wall time of one "
         "seed (training + per-epoch evaluation).",
     ]

@@ -261,7 +261,10 @@ def run(args: argparse.Namespace) -> int:
     table = _table(rows, ["teacher", *METHODS], widths)
     print()
     print(table)
-    print("test accuracy (%) on the 360 held-out digits, mean ± sample std over seeds")
+    from figkd.data import load_dataset
+
+    held_out = len(load_dataset("digits", split="test"))
+    print(f"test accuracy (%) on the {held_out} held-out digits, mean ± sample std over seeds")
     curves = _curves(out, {"teacher": "teacher", "ce": "CE", "kd": "KD", "figkd": "FiGKD"})
     ours, reference, ok = _pywavelets_check(teacher_cfg, students["figkd"], out)
     print(

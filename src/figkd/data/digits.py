@@ -3,7 +3,7 @@
 1,797 images with values 0..16, returned as float tensors ``(1, 8, 8)`` in [0, 1].
 The train/test split is fixed - stratified, 20 % test, seed 0 (the same
 :func:`~figkd.data.splits.stratified_split` as the validation carve) - so every run and
-every machine evaluates on the same 360 images.
+every machine evaluates on the same 359 images (1,438 train).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Digits(Dataset):
     num_classes=10,
     presets=("digits",),
     needs_root=False,
-    description="scikit-learn 8x8 digits: 1,437 train / 360 test, fixed stratified split",
+    description="scikit-learn 8x8 digits: 1,438 train / 359 test, fixed stratified split",
 )
 def build_digits(root: Path | None, split: str, transform: Transform | None = None) -> Digits:
     return Digits(split, transform)

@@ -143,21 +143,32 @@ def write_shards(
     labels = np.asarray(labels, dtype=np.int64)
     if images.ndim != 4 or len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need uint8 images (N, H, W, C) with N labels, got {images.shape}")
-    limit = int(max_mib * 2**20) - 64 * 1024  # room for labels, classes and the zip headers
+    limit = int(max_mib * 2**20)
+    # what a shard holds besides its blocks: class arrays, zip headers and metadata
+    fixed = 64 * 1024 + np.array(list(classes), dtype=np.str_).nbytes
+    if class_names is not None:
+        fixed += np.array(list(class_names), dtype=np.str_).nbytes
+    per_block = 8 * (images.ndim + 1) + 128  # its block_shapes row and its zip entry
+
+    def shard_bytes(group: list[tuple[int, int, bytes]]) -> int:
+        count = sum(stop - start for start, stop, _ in group)
+        return fixed + sum(len(p) + per_block for _, _, p in group) + 8 * count  # + labels
+
     blocks: list[tuple[int, int, bytes]] = []  # (start, stop, payload)
     for start in range(0, len(images), block):
         stop = min(start + block, len(images))
         chunk = images[start:stop]
         payload = encode_block(chunk) if codec == "med-xz" else chunk.tobytes()
-        if len(payload) > limit:
+        if shard_bytes([(start, stop, payload)]) > limit:
             raise ValueError(
-                f"one block of {stop - start} images encodes to {len(payload) / 2**20:.1f} MiB "
-                f"> --max-mib {max_mib}; use a smaller block"
+                f"one block of {stop - start} images and the shard's labels and class names "
+                f"take {shard_bytes([(start, stop, payload)]) / 2**20:.2f} MiB > --max-mib "
+                f"{max_mib}; use a smaller block or a larger --max-mib"
             )
         blocks.append((start, stop, payload))
     groups: list[list[tuple[int, int, bytes]]] = [[]]
     for item in blocks:
-        if groups[-1] and sum(len(p) for _, _, p in groups[-1]) + len(item[2]) > limit:
+        if groups[-1] and shard_bytes([*groups[-1], item]) > limit:
             groups.append([])
         groups[-1].append(item)
     out = Path(out)
@@ -191,10 +202,11 @@ def write_shards(
             payloads = {f"block_{i:05d}": np.frombuffer(p, dtype=np.uint8)
                         for i, (_, _, p) in enumerate(group)}
             np.savez(tmp, **meta, **payloads)
-        if tmp.stat().st_size > max_mib * 2**20:
+        size = tmp.stat().st_size
+        if size > limit:  # the estimate above is an upper bound; this is a last guard
             tmp.unlink()
             raise ValueError(
-                f"shard {path.name} would be {tmp.stat().st_size / 2**20:.1f} MiB > {max_mib}; "
+                f"shard {path.name} would be {size / 2**20:.2f} MiB > --max-mib {max_mib}; "
                 "use a smaller block"
             )
         os.replace(tmp, path)

@@ -3,7 +3,7 @@
 Every ``summary.json`` under the given folders is one seed of one experiment
 (grouped by its ``experiment`` name).  The spread is the *sample* standard
 deviation (ddof = 1; blank for a single seed).  Two test accuracies are shown:
-the last epoch's (what the paper reports) and the one at the epoch chosen on
+the last epoch's (our main number; the paper does not say which epoch) and the one at the epoch chosen on
 the validation split.  The paper's number sits beside ours when the config
 recorded one.
 """
@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,13 @@ def aggregate(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         last = _get(s, "final", "test", "top1")
         if last is None:
             continue  # an unfinished or failed run has no final metrics
+        if s.get("seed") is not None and s.get("seed") in row.seeds:
+            warnings.warn(
+                f"{name}: seed {s.get('seed')} found twice (again in {s.get('run_dir', '?')}); "
+                "counted once: pass folders that do not overlap",
+                stacklevel=2,
+            )
+            continue
         row.seeds.append(s.get("seed"))
         row.last.append(float(last))
         top5 = _get(s, "final", "test", "top5")
@@ -171,9 +179,9 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
             f"| {_num(r['teacher_top1'])} | {paper} | {_num(r['delta_vs_paper'], signed=True)} |"
         )
     note = (
-        '\nTest accuracy (%), mean ± sample std over seeds. "last": final epoch (as the paper '
-        'reports); "best-val": the epoch with the best accuracy on the validation split '
-        "carved from train."
+        '\nTest accuracy (%), mean ± sample std over seeds. "last": final epoch (our main '
+        'number; the paper does not say last or best); "best-val": the epoch with the best '
+        "accuracy on the validation split carved from train."
     )
     return "\n".join(lines) + "\n" + note + "\n"
 

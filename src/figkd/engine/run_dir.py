@@ -49,14 +49,31 @@ class RunDir:
             handle.write(json.dumps(_jsonable(record)) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """Every epoch record.  A torn last line (a run killed mid-append, before that
+        epoch's checkpoint) is dropped; a damaged line elsewhere is an error naming the file."""
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.metrics.read_text().splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                if number == len(lines):
+                    break
+                raise ValueError(
+                    f"{self.metrics} line {number} is not JSON ({error}); the file is damaged: "
+                    "restore it or start the run again with --overwrite"
+                ) from error
+        return records
 
     def truncate_metrics(self, last_epoch: int) -> None:
-        """Drop records after ``last_epoch`` (written by a run killed before its checkpoint)."""
+        """Drop records after ``last_epoch`` (written by a run killed before its checkpoint),
+        atomically: a kill during the rewrite leaves the old file."""
         kept = [r for r in self.read_metrics() if int(r.get("epoch", 0)) <= last_epoch]
-        self.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp = self.metrics.with_name(f".{self.metrics.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.metrics)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         tmp = self.summary.with_name(f".{SUMMARY}.tmp")
