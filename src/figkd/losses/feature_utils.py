@@ -1,8 +1,11 @@
 """Helpers shared by the feature-based methods: shape probing, stage pairing, connectors.
 
 Methods read the ``figkd.models.Features`` dictionary (``stem``, ``stages``,
-``preact_stages``, ``embedding``, ``logits``).  ``hint_layers`` is mdistiller's
-``feats`` list: index 0 is the stem, 1.. the stages.
+``preact_stages``, ``pooled_map``, ``embedding``, ``logits``).  ``hint_layers`` is
+mdistiller's ``feats`` list for the CIFAR zoo: index 0 is the stem, 1.. the stages.  For the
+ImageNet-style nets it differs: figkd's ResNet stem is the 56-px map after the max-pool
+(mdistiller's first entry is the 112-px map before it), and mdistiller's MobileNetV1 list has
+no stem entry, so its hint indices are ours minus one.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ def probe_features(model: nn.Module, example_input: Tensor) -> Mapping[str, Any]
 
 
 def hint_layers(features: Mapping[str, Any]) -> list[Tensor]:
-    """``[stem, *stages]``: mdistiller's ``feats`` list, indexed by ``hint_layer``."""
+    """``[stem, *stages]``, indexed by ``hint_layer``: mdistiller's ``feats`` list for the
+    CIFAR zoo (see the module docstring for the ImageNet-style nets)."""
     return [features["stem"], *features["stages"]]
 
 

@@ -5,7 +5,7 @@
 >>> logits = model(images)                        # doctest: +SKIP
 >>> feats = model.forward_features(images)        # doctest: +SKIP
 >>> sorted(feats)                                 # doctest: +SKIP
-['embedding', 'logits', 'preact_stages', 'stages', 'stem']
+['embedding', 'logits', 'pooled_map', 'preact_stages', 'stages', 'stem']
 
 CIFAR-style models (native 32x32, any size via global pooling) keep the public
 KD zoo's names (``resnet8x4``, ``wrn_40_2``, ``vgg13``, ``ShuffleV1``,
