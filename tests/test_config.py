@@ -124,7 +124,7 @@ def test_base_cycle_is_reported(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["optim.lrr=0.1"], "unknown config key 'optim.lrr'. Did you mean 'lr'"),
+        (["optim.lrr=0.1"], "unknown config key 'optim.lrr'. Did you mean 'optim.lr'"),
         (["trian.epochs=3"], "Did you mean 'train'"),
         (["train.epochs=three"], "train.epochs: expected an integer"),
         (["train.epochs=2.5"], "train.epochs: expected an integer"),

@@ -68,7 +68,7 @@ def test_print_config_applies_shortcuts_and_overrides(capsys: pytest.CaptureFixt
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "optim.lrr=1"], "Did you mean 'lr'"),
+        (["train", "optim.lrr=1"], "Did you mean 'optim.lr'"),
         (["train", "a.yaml", "b.yaml"], "at most one config file"),
         (["train", "missing.yaml"], "config file not found"),
         (["distill", "loss.name=kd", "model.name=resnet8x4"], "needs teacher.name"),

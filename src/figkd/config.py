@@ -308,6 +308,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def _unknown_key(cls: type, key: str, where: str) -> ConfigError:
     valid = [f.name for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    # the full dotted key: what the user types (train.epochs=3, not epochs=3)
+    close = [f"{where}.{c}" if where else c for c in close]
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     place = f"{where}.{key}" if where else key
     section = f" in {where!r}" if where else ""
@@ -549,6 +551,7 @@ def validate_config(cfg: Config) -> None:
     from figkd.data import DATASETS, PRESETS
     from figkd.engine.optim import OPTIMIZERS, SCHEDULES
     from figkd.losses import LOSSES, build_loss
+    from figkd.losses.base import LossOptionError
     from figkd.models import MODELS
     from figkd.registry import UnknownNameError
 
@@ -580,6 +583,8 @@ def validate_config(cfg: Config) -> None:
     lookup(LOSSES, cfg.loss.name, "loss.name")
     try:
         build_loss(cfg.loss.name, **cfg.loss.args)
+    except LossOptionError as error:
+        raise ConfigError(f"loss.args.{error.option}: {error.problem}") from None
     except (ValueError, TypeError) as error:
         raise ConfigError(f"loss.args: {error}") from None
 

@@ -413,13 +413,27 @@ def _local_rank(run_dir: Path) -> tuple[int, int]:
     return {"finished": 2, "partial": 1}.get(status, 0), epoch
 
 
+def _check_source(source: Path, action: str) -> None:
+    """Refuse a missing folder, and one that is neither a bundle nor a folder of runs."""
+    if not source.is_dir():
+        raise FileNotFoundError(
+            f"{source} does not exist: give a bundle folder (state.json + parts, what `figkd "
+            f"state export` wrote) or a study's --out folder to `figkd state {action}`"
+        )
+    if not (source / MANIFEST).is_file() and not find_run_dirs(source):
+        raise ValueError(
+            f"{source} holds no state.json and no runs (no */config.yaml below it): give a "
+            f"bundle folder (what `figkd state export` wrote) or a study's --out folder to "
+            f"`figkd state {action}`"
+        )
+
+
 def import_state(
     source: str | os.PathLike[str], root: str | os.PathLike[str], say: Printer = print
 ) -> ImportReport:
     """Merge a bundle folder (``state.json`` + parts) or a study folder into study ``root``."""
     source, root = Path(source), Path(root)
-    if not source.is_dir():
-        raise FileNotFoundError(f"no state to import at {source} (a bundle or a study folder)")
+    _check_source(source, "import")
     root.mkdir(parents=True, exist_ok=True)
     report = ImportReport()
     imported = _read_imported(root)
@@ -512,6 +526,7 @@ def _write_json(path: Path, data: Any) -> None:
 def describe(source: str | os.PathLike[str]) -> Iterator[str]:
     """Lines describing a bundle or a study folder: each run's state and carried bytes."""
     source = Path(source)
+    _check_source(source, "show")
     if (source / MANIFEST).is_file():
         manifest = read_manifest(source)
         total = sum(p["bytes"] for p in manifest["parts"])

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         bundle.num_classes,
         in_channels=bundle.in_channels,
         args=cfg.model.args,
+        config_key="model",
     )
     model.to(device)
     source = {"test": bundle.test, "val": bundle.val, "train": bundle.train_eval}[args.split]

@@ -30,6 +30,12 @@ from figkd.commands.train import HelpFormatter
 
 def find_pairs(folder: Path, seed: int) -> list[dict[str, Path]]:
     """``{"teacher": ..., "kd": ..., "figkd": ..., "ce": ...}`` run folders for each pair."""
+    if not folder.is_dir():
+        problem = "does not exist" if not folder.exists() else "is not a folder"
+        raise FileNotFoundError(
+            f"{folder} {problem}: give a study folder (figkd study's --out) or a folder of runs, "
+            "or name the runs with --teacher/--kd/--figkd <run folder>"
+        )
     pairs = []
     for run in sorted(folder.rglob(f"figkd/seed{seed}/config.yaml")):
         figkd = run.parent
@@ -45,7 +51,15 @@ def find_pairs(folder: Path, seed: int) -> list[dict[str, Path]]:
         found["figkd"] = figkd
         pairs.append(found)
     if not pairs:
-        raise FileNotFoundError(f"no figkd/seed{seed} run below {folder}")
+        others = sorted({p.parent.name for p in folder.rglob("figkd/seed*/config.yaml")})
+        hint = (
+            f"pass --seed {others[0].removeprefix('seed')} for the runs there, or " if others else ""
+        )
+        raise FileNotFoundError(
+            f"no figkd/seed{seed} run below {folder} (a pair is found by its FiGKD student "
+            f"folder figkd/seed<k>): {hint}name the runs with --teacher/--kd/--figkd "
+            "<run folder>"
+        )
     return pairs
 
 

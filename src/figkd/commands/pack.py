@@ -62,12 +62,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from figkd.commands.train import HelpFormatter
+
+    parser.formatter_class = HelpFormatter  # keeps the examples above on their own lines
     parser.add_argument("dataset", help="a registered dataset, e.g. tiny-imagenet")
-    parser.add_argument("--out", required=True, help="folder for the shards")
+    parser.add_argument("--out", required=True, help="folder for the shards (required)")
     parser.add_argument("--size", type=int, help="resize every image to SIZE x SIZE (bilinear)")
     parser.add_argument("--data-root", help="the dataset folder (tiny-imagenet: also its .tar)")
     parser.add_argument("--cache-dir", default=".cache", help="where a .tar is unpacked once")
-    parser.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"])
+    parser.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"],
+                        help="which splits to pack")
     parser.add_argument("--max-mib", type=float, default=45.0, help="largest shard file, MiB")
     parser.add_argument("--codec", choices=("med-xz", "raw"), default="med-xz",
                         help="med-xz: lossless predictive + xz (~0.55x); raw: deflated npz")

@@ -46,17 +46,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.formatter_class = HelpFormatter
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    export = actions.add_parser("export", help="bundle a study folder's progress into DEST")
+    export = actions.add_parser(
+        "export", help="bundle a study folder's progress into DEST", formatter_class=HelpFormatter
+    )
     export.add_argument("study", help="the study's --out folder (e.g. runs/study)")
     export.add_argument("dest", help="folder for state.json and state.tar.NN")
     export.add_argument("--budget-mib", type=float, default=58.0,
-                        help="size of the state the receiver holds afterwards")
-    export.add_argument("--part-mib", type=float, default=15.0, help="size of one part")
-    merge = actions.add_parser("import", help="merge a bundle or study folder into a study")
+                        help="size of the state the receiver holds afterwards, MiB")
+    export.add_argument("--part-mib", type=float, default=15.0, help="size of one part, MiB")
+    merge = actions.add_parser(
+        "import", help="merge a bundle or study folder into a study", formatter_class=HelpFormatter
+    )
     merge.add_argument("source", help="a bundle folder (state.json + parts) or a study folder")
     merge.add_argument("study", help="the study's --out folder to merge into")
-    show = actions.add_parser("show", help="list the runs of a bundle or a study folder")
-    show.add_argument("folder")
+    show = actions.add_parser(
+        "show", help="list the runs of a bundle or a study folder", formatter_class=HelpFormatter
+    )
+    show.add_argument(
+        "folder", help="a bundle folder (state.json + parts) or a study's --out folder"
+    )
 
 
 COMMAND = Command(

@@ -163,7 +163,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--train-per-class", type=int, help="training images per class")
     group.add_argument("--test-per-class", type=int, help="test images per class")
     parser.add_argument(
-        "--plan", action="store_true", help="list the runs and their state; run nothing"
+        "--plan",
+        action="store_true",
+        help="list the runs and their state; trains nothing, but prepares what the runs "
+        "need: unpacks a dataset .tar into --cache-dir, links the data subset and writes "
+        "the teachers' configs under --out",
     )
     parser.add_argument(
         "--report-only", action="store_true", help="rebuild study.md from finished runs"

@@ -104,6 +104,10 @@ def get_dataset_info(name: str) -> DatasetEntry:
     return DATASETS.get(name)
 
 
+#: how each entry point takes the dataset folder, for the hints of the errors below
+ROOT_OPTIONS = "figkd study/pack: --data-root <folder>; from Python, pass root=<folder>"
+
+
 def dataset_error(name: str, problem: str, tried: list[str] | None = None) -> DatasetNotFoundError:
     """A :class:`DatasetNotFoundError` that explains the expected layout and the source."""
     entry = DATASETS.get(name)
@@ -116,7 +120,8 @@ def dataset_error(name: str, problem: str, tried: list[str] | None = None) -> Da
         parts.append(f"The dataset is published at {entry.url} (figkd never downloads it).")
     if entry.folder_names:
         parts.append(
-            f"Pass root=<folder>, or set {DATA_ENV} to a folder holding one of: "
+            f"Set data.root=<folder> ({ROOT_OPTIONS}), or set {DATA_ENV} to a folder holding "
+            "one of: "
             + ", ".join(entry.folder_names)
             + f" (./{DEFAULT_DATA_DIR}/ is searched last)."
         )
@@ -146,7 +151,10 @@ def resolve_root(name: str, root: str | os.PathLike[str] | None = None) -> Path 
         candidates = [base] + [base / folder for folder in entry.folder_names]
     else:
         if not entry.folder_names:
-            raise dataset_error(name, "this dataset has no default location; pass root=<folder>.")
+            raise dataset_error(
+                name,
+                f"this dataset has no default location; set data.root=<folder> ({ROOT_OPTIONS}).",
+            )
         bases = []
         if os.environ.get(DATA_ENV):
             bases.append(Path(os.environ[DATA_ENV]).expanduser())

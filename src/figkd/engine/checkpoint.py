@@ -80,18 +80,29 @@ def load_teacher(
     in_channels: int = 3,
     args: Mapping[str, Any] | None = None,
     sha256: str | None = None,
+    config_key: str = "teacher",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build teacher ``name`` and load ``checkpoint`` into it, refusing mismatches.
 
     A checkpoint whose recorded architecture or class count differs from the
-    config is refused with both values shown.  Returns the model (eval mode,
-    no gradients) and a record for summary.json: path, SHA-256, classes, arch.
+    config is refused with both values shown and the fix; so is a plain state dict
+    (mdistiller's ``ckpt_epoch_240.pth``) whose tensors do not fit, named by its file.
+    ``sha256``, if given, must match the file's digest (checked before anything is
+    loaded).  ``config_key`` is the config section the messages tell the user to set
+    (``teacher`` -> ``teacher.name=...``; ``model`` for ``figkd eval``).  Returns the
+    model (eval mode, no gradients) and a record for summary.json: path, SHA-256,
+    classes, arch.
     """
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(
             f"teacher checkpoint not found: {path}. Train the teacher first (figkd train "
             "<teacher config>) or set teacher.checkpoint=<file>"
+        )
+    digest = file_sha256(path)
+    if sha256 is not None and digest != sha256.lower():
+        raise ValueError(
+            f"teacher checkpoint {path} has SHA-256 {digest}, but the config expects {sha256}"
         )
     raw = load_weights_only(path)
     canonical = MODELS.canonical(name)
@@ -104,24 +115,29 @@ def load_teacher(
     ):
         raise CheckpointMismatchError(
             f"teacher checkpoint {path} holds architecture {recorded!r} but the config's "
-            f"teacher.name is {name!r} ({canonical}); set teacher.name={recorded} or pick the "
-            "matching checkpoint"
+            f"{config_key}.name is {name!r} ({canonical}); set {config_key}.name={recorded} or "
+            "pick the matching checkpoint"
         )
     recorded_classes = raw.get("num_classes")
     if isinstance(recorded_classes, int) and recorded_classes and recorded_classes != num_classes:
         raise CheckpointMismatchError(
             f"teacher checkpoint {path} has {recorded_classes} classes but the dataset in the "
-            f"config has {num_classes}; use a teacher trained on this dataset"
+            f"config has {num_classes}; use a teacher trained on this dataset "
+            f"({num_classes} classes)"
         )
     model = create_model(
         canonical, num_classes=num_classes, in_channels=in_channels, **dict(args or {})
     )
-    info = load_checkpoint(model, raw)  # shape / key checks with both values in the message
-    digest = file_sha256(path)
-    if sha256 is not None and digest != sha256.lower():
-        raise ValueError(
-            f"teacher checkpoint {path} has SHA-256 {digest}, but the config expects {sha256}"
-        )
+    try:  # shape / key checks, both sides in the message, the file named
+        info = load_checkpoint(model, raw, source=path)
+    except CheckpointMismatchError as error:
+        raise CheckpointMismatchError(
+            f"{error.problem}; {_teacher_fix(error, canonical, num_classes, config_key)}",
+            problem=error.problem,
+            kind=error.kind,
+            fits=error.fits,
+            same_layers=error.same_layers,
+        ) from None
     model.eval()
     model.requires_grad_(False)
     record = {
@@ -131,3 +147,21 @@ def load_teacher(
         "num_classes": info.num_classes if info.num_classes is not None else num_classes,
     }
     return model, record
+
+
+def _teacher_fix(
+    error: CheckpointMismatchError, canonical: str, num_classes: int, config_key: str
+) -> str:
+    """The advice that ends a teacher mismatch message, in config keys."""
+    if error.kind == "classes":
+        return f"use a teacher trained on this dataset ({num_classes} classes)"
+    if len(error.fits) == 1:
+        return f"set {config_key}.name={error.fits[0]}"
+    if error.fits:
+        return f"set {config_key}.name to one of {', '.join(error.fits)}"
+    if error.same_layers:
+        return (
+            f"the file has {canonical}'s layers at other sizes: check {config_key}.args "
+            "(e.g. width)"
+        )
+    return f"check {config_key}.name (the file fits no zoo model with default options)"

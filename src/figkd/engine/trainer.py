@@ -213,6 +213,13 @@ class Trainer:
             )
         if self.resume and self.dir.last.exists():
             return load_weights_only(self.dir.last, map_location="cpu")
+        if self.resume and self.ctx.is_main and self.cfg.train.progress != "none":
+            # a fresh start is right for runs killed before their first checkpoint (the study
+            # resumes every run), but say so: a mistyped --name would otherwise pass unseen
+            print(
+                f"{self.dir.path}: no checkpoints/last.pt to resume; starting at epoch 1",
+                flush=True,
+            )
         if self.ctx.is_main and self.dir.metrics.exists():
             # A run killed before its first last.pt left epoch lines behind; starting
             # afresh must not append to them.

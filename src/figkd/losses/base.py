@@ -9,7 +9,9 @@ uniform and typed).
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import typing
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -29,19 +31,80 @@ def list_losses(pattern: str | None = None) -> list[str]:
     return LOSSES.names(pattern)
 
 
+class LossOptionError(ValueError):
+    """A loss option whose value has the wrong type; ``option`` names it, ``problem`` says
+    what is wrong (``"expected a number, got 'abc'"``)."""
+
+    def __init__(self, loss: str, option: str, problem: str) -> None:
+        super().__init__(f"loss {loss!r} option {option}: {problem}")
+        self.option = option
+        self.problem = problem
+
+
 def build_loss(name: str, **kwargs: Any) -> "DistillationLoss":
-    """Instantiate the loss registered as ``name``; unknown options are a ValueError."""
+    """Instantiate the loss registered as ``name``; unknown options are a ValueError.
+
+    An option declared (or defaulting to) ``int`` / ``float`` given a string is converted,
+    or refused with a :class:`LossOptionError` naming the option.
+    """
     cls = LOSSES.get(name)
-    params = inspect.signature(cls.__init__).parameters
+    params = _signature(cls.__init__).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     allowed = [p for p in params if p != "self" and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown and not accepts_any:
+        close = [
+            c for u in unknown for c in difflib.get_close_matches(u, allowed, n=1, cutoff=0.6)
+        ]
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
         raise ValueError(
-            f"loss {LOSSES.canonical(name)!r} got unknown option(s) {', '.join(unknown)}; "
+            f"loss {LOSSES.canonical(name)!r} got unknown option(s) {', '.join(unknown)}{hint}; "
             f"its options are: {', '.join(allowed)}"
         )
+    kwargs = {
+        key: _number(LOSSES.canonical(name), key, value, params[key])
+        if key in params
+        else value
+        for key, value in kwargs.items()
+    }
     return cls(**kwargs)
+
+
+def _signature(function: Any) -> inspect.Signature:
+    try:  # resolve ``from __future__ import annotations`` strings to types
+        return inspect.signature(function, eval_str=True)
+    except Exception:  # noqa: BLE001 - an annotation that does not evaluate: plain strings
+        return inspect.signature(function)
+
+
+def _number_type(param: inspect.Parameter) -> type | None:
+    """``int`` or ``float`` when the option takes only a number (or None), else None."""
+    annotation = param.annotation
+    if annotation is inspect.Parameter.empty or isinstance(annotation, str):
+        default = param.default
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            return None
+        return float if isinstance(default, float) else int
+    members = set(typing.get_args(annotation)) or {annotation}
+    members.discard(type(None))
+    if members and members <= {int, float}:
+        return float if float in members else int
+    return None
+
+
+def _number(loss: str, key: str, value: Any, param: inspect.Parameter) -> Any:
+    kind = _number_type(param)
+    if kind is None or value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value
+    expected = "an integer" if kind is int else "a number"
+    if isinstance(value, str):
+        try:
+            return kind(value.strip())
+        except ValueError:
+            pass
+    raise LossOptionError(loss, key, f"expected {expected}, got {value!r}")
 
 
 class DistillationLoss(nn.Module):

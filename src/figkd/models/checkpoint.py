@@ -30,7 +30,29 @@ SHOWN_KEYS = 8
 
 
 class CheckpointMismatchError(ValueError):
-    """The checkpoint's classes or architecture differ from the model's."""
+    """The checkpoint's classes or architecture differ from the model's.
+
+    ``problem`` is the mismatch without the advice that ends the message, ``kind`` is
+    ``"classes"`` or ``"architecture"`` and ``fits`` names the zoo architectures the file
+    does fit (with their default options), so a caller can phrase the fix in its own terms
+    (``teacher.name=...``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problem: str | None = None,
+        kind: str = "",
+        fits: tuple[str, ...] = (),
+        same_layers: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.problem = problem if problem is not None else message
+        self.kind = kind
+        self.fits = fits
+        #: the file has the model's layer names, only some sizes differ (other options)
+        self.same_layers = same_layers
 
 
 @dataclass(frozen=True)
@@ -123,6 +145,7 @@ def load_checkpoint(
     exclude_classifier: bool = False,
     sha256: str | None = None,
     map_location: str | torch.device = "cpu",
+    source: str | os.PathLike[str] | None = None,
 ) -> CheckpointInfo:
     """Load weights into ``model`` after checking they fit; return where they came from.
 
@@ -130,9 +153,16 @@ def load_checkpoint(
     ``exclude_classifier``, which keeps the model's own classifier, e.g. to
     fine-tune ImageNet weights on 200 classes), when tensor shapes differ, or
     (``strict``) when keys are missing or unexpected.  ``sha256``, if given, must
-    match the file's digest.
+    match the file's digest (so it needs a path, not an already-loaded dict).
+    ``source`` names an already-loaded dict in messages (e.g. the file it came from).
     """
-    state, source, digest, raw = read_checkpoint(path_or_state, map_location)
+    if sha256 is not None and isinstance(path_or_state, Mapping):
+        raise ValueError(
+            "sha256= is checked against a file: pass the checkpoint's path, not an "
+            "already-loaded state dict"
+        )
+    state, label, digest, raw = read_checkpoint(path_or_state, map_location)
+    source = str(source) if source is not None else label
     if sha256 is not None and digest is not None and digest != sha256.lower():
         raise ValueError(f"checkpoint {source} has SHA-256 {digest}, expected {sha256}")
 
@@ -143,25 +173,101 @@ def load_checkpoint(
     if exclude_classifier:
         skipped = tuple(k for k in state if k.startswith(f"{clf}."))
         state = {k: v for k, v in state.items() if k not in skipped}
-    elif num_classes is not None and num_classes != model.num_classes:
-        raise CheckpointMismatchError(
+    elif (
+        num_classes is not None
+        and num_classes != model.num_classes
+        and not _compare(_without(model.state_dict(), clf), _without(state, clf), strict)
+    ):  # only the classifier differs (else the architecture error below says more)
+        problem = (
             f"checkpoint {source} has {num_classes} classes ({weight_key} "
             f"{tuple(state[weight_key].shape)}) but the model {_describe(model)} was built with "
             f"num_classes={model.num_classes}"
         )
+        raise CheckpointMismatchError(
+            f"{problem}; use a checkpoint trained on {model.num_classes} classes, or "
+            "exclude_classifier=True to keep the model's own classifier",
+            problem=problem,
+            kind="classes",
+        )
 
     expected = model.state_dict()
     if exclude_classifier:
-        expected = {k: v for k, v in expected.items() if not k.startswith(f"{clf}.")}
+        expected = _without(expected, clf)
     problems = _compare(expected, state, strict)
     if problems:
         hint = _recorded_arch(raw)
-        raise CheckpointMismatchError(
+        problem = (
             f"checkpoint {source}{hint} does not fit the model {_describe(model)}: "
             + "; ".join(problems)
         )
+        fits = fitting_architectures(state, in_channels=getattr(model, "in_channels", 3))
+        own = model.arch in fits or _same_layers(expected, state)
+        fits = tuple(name for name in fits if name != model.arch)
+        if fits:
+            fix = f"the file fits {_names(fits)}: build that model instead"
+        elif own:
+            fix = "the file has this model's layers at other sizes: check the model's options"
+        else:
+            fix = "check the architecture (the file fits no zoo model with default options)"
+        raise CheckpointMismatchError(
+            f"{problem}; {fix}",
+            problem=problem,
+            kind="architecture",
+            fits=fits,
+            same_layers=own,
+        )
     model.load_state_dict(state, strict=strict and not exclude_classifier)
     return CheckpointInfo(source=source, sha256=digest, num_classes=num_classes, skipped=skipped)
+
+
+def fitting_architectures(
+    state: Mapping[str, Tensor], in_channels: int = 3
+) -> tuple[str, ...]:
+    """Zoo architectures (canonical names) whose tensors, built with default options and the
+    file's class count, have exactly the names and shapes of ``state``.
+
+    Each candidate is built on the ``meta`` device (no memory, no initialisation cost), so
+    this takes about a second for the whole zoo; it runs only to phrase an error.
+    """
+    from figkd.models.registry import MODELS, create_model
+
+    wanted = {k: tuple(v.shape) for k, v in state.items() if not _is_counter(k)}
+    fits = []
+    for name in MODELS.names():
+        try:
+            with torch.device("meta"):
+                candidate = create_model(name, num_classes=1, in_channels=in_channels)
+                weight = state.get(f"{candidate.classifier_name()}.weight")
+                if weight is None or weight.ndim != 2:
+                    continue
+                candidate = create_model(
+                    name, num_classes=int(weight.shape[0]), in_channels=in_channels
+                )
+        except Exception:  # noqa: BLE001 - a model that cannot be built this way fits nothing
+            continue
+        shapes = {
+            k: tuple(v.shape) for k, v in candidate.state_dict().items() if not _is_counter(k)
+        }
+        if shapes == wanted:
+            fits.append(name)
+    return tuple(fits)
+
+
+def _without(state: Mapping[str, Tensor], module: str) -> dict[str, Tensor]:
+    return {k: v for k, v in state.items() if not k.startswith(f"{module}.")}
+
+
+def _is_counter(key: str) -> bool:
+    return key.endswith("num_batches_tracked")
+
+
+def _same_layers(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> bool:
+    """Same tensor names (BN counters aside), whatever their shapes."""
+    return {k for k in expected if not _is_counter(k)} == {k for k in state if not _is_counter(k)}
+
+
+def _names(names: tuple[str, ...]) -> str:
+    return " or ".join(repr(n) for n in names)
 
 
 def _compare(
