@@ -194,3 +194,35 @@ def test_resume_survives_a_torn_last_metrics_line(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not JSON.*--overwrite"):
         RunDir(run).read_metrics()
+
+
+def test_a_kill_between_last_and_best_keeps_best_pt_consistent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new best is written aside and renamed to best.pt after last.pt: killed in between,
+    the resumed run promotes it (its epoch is checkpointed), so best.pt always matches the
+    summary's best epoch and an uninterrupted run's best.pt."""
+    full = Trainer(digits_config(tmp_path, "full"), tmp_path / "full", loss=KillableCE()).fit()
+    run = tmp_path / "killed"
+    original = Trainer._promote_best
+
+    def killed_once(self: Trainer) -> None:
+        if load_weights_only(self._pending_best)["epoch"] >= 2:
+            monkeypatch.setattr(Trainer, "_promote_best", original)
+            raise Killed("between last.pt and best.pt")
+        original(self)
+
+    monkeypatch.setattr(Trainer, "_promote_best", killed_once)
+    with pytest.raises(Killed):
+        Trainer(digits_config(tmp_path, "killed"), run, loss=KillableCE()).fit()
+    killed_at = load_weights_only(run / "checkpoints/last.pt")["epoch"]
+    pending = run / "checkpoints/.best.pt.pending"
+    assert pending.exists() and load_weights_only(pending)["epoch"] == killed_at
+    assert load_weights_only(run / "checkpoints/best.pt")["epoch"] < killed_at
+    resumed = Trainer(digits_config(tmp_path, "killed"), run, resume=True, loss=KillableCE()).fit()
+    assert not pending.exists() and resumed["best"] == full["best"]
+    a = load_weights_only(tmp_path / "full/checkpoints/best.pt")
+    b = load_weights_only(run / "checkpoints/best.pt")
+    assert a["epoch"] == b["epoch"] == full["best"]["epoch"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key

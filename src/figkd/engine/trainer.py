@@ -15,6 +15,7 @@ import dataclasses
 import datetime as _dt
 import inspect
 import json
+import os
 import shutil
 import time
 import warnings
@@ -451,7 +452,32 @@ class Trainer:
         state.resumed += 1
         if self.ctx.is_main:
             self.dir.truncate_metrics(state.epoch)
+            self._settle_best(state)
         return state
+
+    def _settle_best(self, state: RunState) -> None:
+        """Finish or drop a ``best.pt`` left pending by a kill inside ``_end_epoch``.
+
+        A new best is written aside first and takes ``best.pt``'s name only after that
+        epoch's ``last.pt``: a kill in between leaves ``best.pt`` matching ``last.pt``'s
+        record.  Here a pending file of the checkpointed epoch is promoted; one of a later
+        epoch (never checkpointed, so it will be trained again) is deleted.
+        """
+        pending = self._pending_best
+        if not pending.exists():
+            return
+        epoch = load_weights_only(pending).get("epoch")
+        if state.best is not None and epoch == state.best["epoch"] == state.epoch:
+            os.replace(pending, self.dir.best)
+        else:
+            pending.unlink()
+
+    def _promote_best(self) -> None:
+        os.replace(self._pending_best, self.dir.best)
+
+    @property
+    def _pending_best(self) -> Path:
+        return self.dir.best.with_name(f".{self.dir.best.name}.pending")
 
     def _train_epoch(self, epoch: int, state: RunState) -> dict[str, Any]:
         """One pass over the training data; returns the epoch's record (LR, mean terms, top-1)."""
@@ -529,7 +555,7 @@ class Trainer:
             assert tb is not None
             tb.scalars({k: v for k, v in _flatten(record).items() if k != "epoch"}, epoch)
             resolved = config_to_dict(cfg)
-            if improved:
+            if improved:  # aside until last.pt records this epoch as the best (_settle_best)
                 save_atomic(
                     model_payload(
                         self.student,
@@ -538,7 +564,7 @@ class Trainer:
                         config=resolved,
                         **_loss_state(self.loss),
                     ),
-                    self.dir.best,
+                    self._pending_best,
                 )
             save_atomic(
                 model_payload(
@@ -553,6 +579,8 @@ class Trainer:
                 ),
                 self.dir.last,
             )
+            if improved:
+                self._promote_best()
             if cfg.train.progress != "none":
                 print(epoch_line(self.prefix, epoch, cfg.train.epochs, record), flush=True)
             if self.on_epoch_end is not None:
