@@ -50,31 +50,11 @@ from figkd.config import (
     save_config,
     validate_config,
 )
+from figkd.engine.optim import PAPER_EPOCHS, scale_milestones
 from figkd.engine.report import aggregate, find_summaries, mean_std, write_report
 
-#: the paper's recipe: 240 epochs, LR x0.1 after epochs 150, 180 and 210
-PAPER_EPOCHS = 240
-PAPER_MILESTONES = (150, 180, 210)
 #: DKD's warm-up (mdistiller: 20 of 240 epochs), scaled with the schedule
 DKD_WARMUP_EPOCHS = 20
-
-
-def scale_milestones(
-    epochs: int,
-    base: Sequence[int] = PAPER_MILESTONES,
-    base_epochs: int = PAPER_EPOCHS,
-) -> list[int]:
-    """The paper's milestones scaled to ``epochs``, rounded *down*.
-
-    The engine multiplies the LR by gamma for every epoch ``e > milestone``.  For a
-    fractional milestone ``x`` and whole epochs, ``e > x`` holds exactly when
-    ``e > floor(x)``, so flooring keeps the scaled schedule's meaning exactly: at 60 epochs
-    150/180/210 scale to 37.5/45/52.5, and the LR drops from epoch 38, 46 and 53 on
-    (``[37, 45, 52]``).  Milestones below 1 become 1.
-    """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    return [max(1, math.floor(m * epochs / base_epochs)) for m in base]
 
 
 def scale_warmup(epochs: int, warmup: int = DKD_WARMUP_EPOCHS) -> int:

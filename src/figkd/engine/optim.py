@@ -10,7 +10,7 @@ The default ``multistep`` is the paper's (and mdistiller's) rule:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -65,6 +65,29 @@ def _cosine(epoch: int, cfg: Config) -> float:
 @SCHEDULES.register("constant")
 def _constant(epoch: int, cfg: Config) -> float:
     return 1.0
+
+
+#: the paper's schedule: LR x0.1 after these epochs of a 240-epoch run
+PAPER_EPOCHS = 240
+PAPER_MILESTONES = (150, 180, 210)
+
+
+def scale_milestones(
+    epochs: int,
+    base: Sequence[int] = PAPER_MILESTONES,
+    base_epochs: int = PAPER_EPOCHS,
+) -> list[int]:
+    """The paper's milestones scaled to ``epochs``, rounded *down*.
+
+    The engine multiplies the LR by gamma for every epoch ``e > milestone``.  For a
+    fractional milestone ``x`` and whole epochs, ``e > x`` holds exactly when
+    ``e > floor(x)``, so flooring keeps the scaled schedule's meaning exactly: at 60 epochs
+    150/180/210 scale to 37.5/45/52.5, and the LR drops from epoch 38, 46 and 53 on
+    (``[37, 45, 52]``).  Milestones below 1 become 1.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    return [max(1, math.floor(m * epochs / base_epochs)) for m in base]
 
 
 def lr_at(epoch: int, cfg: Config, base_lr: float) -> float:

@@ -40,7 +40,7 @@ from figkd.engine.checkpoint import (
 )
 from figkd.engine.data import build_data
 from figkd.engine.metrics import SumMeter, topk_correct
-from figkd.engine.optim import build_optimizer, lr_at, set_lr
+from figkd.engine.optim import build_optimizer, lr_at, scale_milestones, set_lr
 from figkd.engine.progress import EpochProgress, epoch_line
 from figkd.engine.run_dir import (
     RunDir,
@@ -674,7 +674,7 @@ def _warn_unreached_milestones(cfg: Any) -> None:
         return
     late = [m for m in cfg.schedule.milestones if m >= cfg.train.epochs]
     if late:
-        scaled = [m * cfg.train.epochs // 240 for m in (150, 180, 210)]
+        scaled = scale_milestones(cfg.train.epochs)
         warnings.warn(
             f"schedule.milestones {late} are at or past train.epochs={cfg.train.epochs}: the "
             "learning rate never decays there. To scale the paper's 150/180/210 of 240, set "
