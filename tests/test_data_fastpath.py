@@ -12,7 +12,13 @@ from scipy import stats
 import figkd.data as data
 from figkd.data import cache as cache_module
 from figkd.data import synthetic
-from figkd.data.batch_loader import BatchAugment, crop_flip, rotate_nearest
+from figkd.data.batch_loader import (
+    BatchAugment,
+    crop_flip,
+    gather_pixels,
+    rotate_nearest,
+    source_index,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -135,6 +141,29 @@ def test_batch_geometry_equals_torchvision_for_given_parameters():
         out = rotate_nearest(batch64, torch.full((4,), angle, dtype=torch.float64))
         ref = torch.stack([_to_uint8(TF.rotate(p, angle)) for p in pil64])
         assert (out == ref).all(1).float().mean() > 0.995, angle
+
+
+def test_rotation_then_padded_crop_then_flip_equals_torchvision_composed():
+    """No preset rotates *and* pads, but a user preset may: the crop's zero padding must stay
+    black after the rotation is undone, and the three steps compose in torchvision's order."""
+    rng = np.random.default_rng(1)
+    count = 24
+    pil = [Image.fromarray(rng.integers(1, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(count)]
+    batch = torch.stack([_to_uint8(p) for p in pil])
+    angle = torch.tensor(rng.uniform(-20, 20, count))
+    top, left = (torch.tensor(rng.integers(0, 9, count)) for _ in range(2))
+    flip = torch.tensor(rng.random(count) < 0.5)
+    index = source_index(32, 32, angle=angle, top=top, left=left, flip=flip, padding=4)
+    out = gather_pixels(batch, index)
+    refs = []
+    for i, image in enumerate(pil):
+        ref = TF.crop(TF.pad(TF.rotate(image, float(angle[i])), 4), int(top[i]), int(left[i]), 32, 32)
+        refs.append(_to_uint8(TF.hflip(ref) if flip[i] else ref))
+    ref = torch.stack(refs)
+    black = (ref == 0).all(1)  # image pixels are >= 1: zero is padding or the rotation's fill
+    assert black.float().mean() > 0.1  # the composition really reaches the padding
+    assert (out == ref).all(1).float().mean() > 0.995
+    assert ((out == 0).all(1) == black).float().mean() > 0.995
 
 
 def _coordinate_image(size: int, step: int) -> Image.Image:

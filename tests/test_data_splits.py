@@ -35,8 +35,21 @@ def test_every_class_keeps_a_training_sample():
     train, val = stratified_split([0, 0, 1, 2, 2, 2], 0.9, seed=0)
     assert {0, 1, 2} <= {[0, 0, 1, 2, 2, 2][i] for i in train}
     assert len(val) == 1 + 0 + 2
-    with pytest.raises(ValueError, match="val_fraction"):
-        stratified_split([0, 1], 1.0)
+    for fraction in (0.0, 1.0):  # both ends are refused: 0 carves nothing, 1 leaves no train
+        with pytest.raises(ValueError, match="val_fraction must be in"):
+            stratified_split([0, 0, 1, 1], fraction)
+
+
+def test_every_class_gives_at_least_one_validation_sample():
+    # 0.01 * 20 rounds to 0 samples: each class still gives one, and keeps the other 19
+    train, val = stratified_split([c for c in range(3) for _ in range(20)], 0.01)
+    assert len(val) == 3 and sorted(i // 20 for i in val) == [0, 1, 2] and len(train) == 57
+    assert stratified_split([c for c in range(3) for _ in range(20)], 0.01, seed=0) == (train, val)
+
+
+def test_single_sample_classes_leave_validation_empty():
+    train, val = stratified_split([0, 1, 2], 0.5)
+    assert (train, val) == ([0, 1, 2], [])
 
 
 def test_load_dataset_val_split_excludes_val_from_train(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Any, ClassVar
@@ -48,6 +49,10 @@ def test_multistep_schedule_is_the_papers() -> None:
     cfg.schedule.name = "cosine"
     cfg.schedule.warmup_epochs = 0
     assert lr_at(1, cfg, 0.1) == pytest.approx(0.1) and lr_at(121, cfg, 0.1) == pytest.approx(0.05)
+    # cos(pi * 60 / 240) = sqrt(2) / 2: the LR a quarter of the way through
+    assert lr_at(61, cfg, 0.1) == pytest.approx(0.05 * (1 + math.sqrt(2) / 2))
+    cfg.schedule.name = "constant"
+    assert [lr_at(e, cfg, 0.1) for e in (1, 151, 240)] == [0.1, 0.1, 0.1]
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
@@ -218,3 +223,23 @@ def test_labels_outside_the_class_list_are_refused_before_training(tmp_path: Pat
         with pytest.raises(ValueError, match=r"train split of 'cifar100'.*labels in \[0, 4\] "
                                              r"but 3 classes.*data.root"):
             Trainer(cfg, tmp_path / "runs" / loader).fit()
+
+
+@pytest.mark.parametrize(
+    ("device", "args", "expected"),
+    [
+        ("cpu", {}, True),
+        ("cuda", {}, False),
+        ("cuda", {"validate": True}, True),
+        ("cpu", {"validate": False}, False),
+    ],
+)
+def test_losses_check_their_inputs_except_where_the_trainer_checks_for_them(
+    device: str, args: dict, expected: bool
+) -> None:
+    """On CUDA a per-step check would sync the host; the trainer checks finiteness instead."""
+    from figkd.engine.trainer import build_method
+
+    cfg = config_from_dict({"loss": {"name": "kd", "args": args}})
+    loss = build_method(cfg, torch.device(device))  # building a loss needs no GPU
+    assert loss.validate is expected

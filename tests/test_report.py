@@ -113,3 +113,40 @@ def test_a_run_found_twice_counts_once(runs: Path, tmp_path_factory: pytest.Temp
     figkd = rows["cifar100/figkd/r32x4_r8x4"]
     assert figkd["n"] == 3 and figkd["seeds"] == "0 1 2"
     assert figkd["top1_last_mean"] == pytest.approx((77.0 + 78.0 + 79.5) / 3)
+
+
+def test_a_summary_file_can_be_named_directly_and_other_files_are_refused(runs: Path) -> None:
+    summary = runs / "cifar100/ce/r8x4/seed0/summary.json"
+    found = find_summaries([summary])
+    assert [s["experiment"] for s in found] == ["cifar100/ce/r8x4"]
+    assert found[0]["run_dir"] == str(summary.parent)
+    other = summary.with_name("metrics.jsonl")
+    other.write_text("{}\n")
+    with pytest.raises(FileNotFoundError, match="no run folder or summary.json"):
+        find_summaries([other])
+
+
+def test_markdown_rows_have_as_many_cells_as_the_header(runs: Path) -> None:
+    markdown = to_markdown(aggregate(find_summaries([runs])))
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    cells = [line.count("|") - 1 for line in lines]
+    assert cells == [10] * len(lines) and len(lines) == 2 + 3
+
+
+def test_paper_table_is_shown_only_beside_a_paper_number(tmp_path: Path) -> None:
+    _write(tmp_path, "cifar100/kd/a", 0, 70.0, None, paper=None)
+    row = aggregate(find_summaries([tmp_path]))[0]
+    row["paper_table"] = 4  # a table without a number must not print "(T4)" beside "–"
+    assert "| – | – |" in to_markdown([row]) and "(T4)" not in to_markdown([row])
+
+
+def test_write_report_creates_nested_folders_and_overwrites(runs: Path) -> None:
+    from figkd.engine.report import write_report
+
+    rows = aggregate(find_summaries([runs]))
+    out = runs / "nested" / "out"
+    md, csv_path = write_report(rows, out)
+    assert md.read_text() == to_markdown(rows) and csv_path.read_text() == to_csv(rows)
+    md2, _ = write_report(rows[:1], out)  # a second report into the same folder replaces the first
+    assert md == md2 and md.read_text() == to_markdown(rows[:1])
+    assert csv_path.read_text() == to_csv(rows[:1])

@@ -140,6 +140,7 @@ def test_table_mean_and_sample_std_by_hand(tmp_path: Path) -> None:
     assert "| CE | 1 | 60.00 | 60.00 |  | 5 s |" in table
     assert "| KD | 3 | 73.00 ± 3.61 | 71.33 ± 2.52 | +13.00 | 20 s |" in table
     assert S.duration(150) == "2.5 min" and S.duration(7200) == "2.00 h"
+    assert (S.duration(119), S.duration(120), S.duration(7199)) == ("119 s", "2.0 min", "120.0 min")
     assert S.collect(tmp_path / "absent", "x") is None
 
 
