@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-speed install clean
+.PHONY: demo test test-slow bench bench-speed mutate install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py --per-class 20 --rounds 2 --compile --out benchmarks/results/throughput.md
 	$(BIN)/python benchmarks/throughput.py --per-class 20 --rounds 2 --student compile \
 		--skip-switches --out benchmarks/results/throughput_compile.md
+
+# do the tests notice a changed operator or constant? e.g.
+#   make mutate MODULE=src/figkd/losses/dkd.py TESTS="tests/test_losses_baselines.py -k dkd"
+mutate: $(STAMP)
+	$(BIN)/python tools/mutation.py $(MODULE) $(TESTS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -27,6 +27,8 @@ def test_milestones_scale_down_with_floor() -> None:
     assert S.scale_milestones(240) == [150, 180, 210]
     assert S.scale_milestones(6) == [3, 4, 5]
     assert S.scale_milestones(1) == [1, 1, 1]
+    with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
+        S.scale_milestones(0)
     assert S.scale_warmup(60) == 5 and S.scale_warmup(240) == 20 and S.scale_warmup(6) == 1
 
 
