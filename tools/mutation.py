@@ -197,19 +197,24 @@ def main(argv: list[str] | None = None) -> int:
         print("the tests fail on the unchanged module; fix that first", file=sys.stderr)
         return 2
     survivors = []
+    outcomes: dict[str, int] = {}
     started = time.perf_counter()
     try:
         for number, mutant in enumerate(mutants, 1):
             target.write_text(mutated_source(source, mutant))
             outcome = _run_tests(repo, pytest_args, args.timeout)
             print(f"[{number}/{len(mutants)}] line {mutant.line}: {mutant.description}: {outcome}", flush=True)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if outcome == "survived":
                 survivors.append(mutant)
     finally:
         target.write_text(source)
         shutil.rmtree(repo.parent, ignore_errors=True)
     killed = len(mutants) - len(survivors)
-    print(f"\n{args.module}: {killed}/{len(mutants)} mutants killed in {time.perf_counter() - started:.0f} s")
+    # a mutant that breaks collection ("error") or hangs ("timeout") was noticed too
+    detail = ", ".join(f"{count} {name}" for name, count in sorted(outcomes.items()))
+    elapsed = time.perf_counter() - started
+    print(f"\n{args.module}: {killed}/{len(mutants)} mutants killed ({detail}) in {elapsed:.0f} s")
     source_lines = source.splitlines()
     for mutant in survivors:
         print(f"  survived: line {mutant.line}: {mutant.description}: {source_lines[mutant.line - 1].strip()}")
