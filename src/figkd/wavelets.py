@@ -74,7 +74,6 @@ WaveletLike = Union[str, pywt.Wavelet]
 Bands2D = tuple[Tensor, Tensor, Tensor]
 
 _HAAR_NAMES = frozenset({"haar", "db1"})
-_SQRT_HALF = 1.0 / math.sqrt(2.0)
 
 
 # --------------------------------------------------------------------------
