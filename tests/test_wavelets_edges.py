@@ -120,6 +120,16 @@ def test_default_level_of_a_rectangular_map_follows_the_shorter_side() -> None:
     assert len(ours) == 4
 
 
+def test_default_level_of_a_batch_of_1d_signals_follows_the_signal_length() -> None:
+    x = _random((3, 40), seed=12)  # 3 signals of 40 samples: level 5, not dwt_max_level(3) = 1
+    ref = pywt.wavedec(x, "haar", mode="zero")
+    assert len(ref) == 6
+    ours = W.wavedec(torch.tensor(x), "haar", "zero")
+    assert len(ours) == len(ref)
+    for o, r in zip(ours, ref):
+        _assert_close(o, r)
+
+
 def test_default_level_is_at_least_one() -> None:
     # pywt's maximum for 3 samples of db2 is 0; we still take one level (docstring).
     assert pywt.dwt_max_level(3, pywt.Wavelet("db2").dec_len) == 0
@@ -138,6 +148,11 @@ def test_the_maximum_level_does_not_warn_and_one_more_does() -> None:
         assert W.check_level(5, 32, "haar") == 5
     with pytest.warns(UserWarning, match="level 6 is deeper than 5"):
         assert W.check_level(6, 32, "haar") == 6
+    # The warning points at the caller of check_level, not at wavelets.py.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        W.check_level(7, 32, "haar")
+    assert [w.filename for w in caught] == [__file__]
     for bad in (0, -1, True, 1.0):
         with pytest.raises(ValueError, match="level must be a positive integer"):
             W.check_level(bad, 32, "haar")
