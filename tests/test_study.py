@@ -263,6 +263,7 @@ def test_cli_plan_and_parallel_subprocesses(fake_root: Path, tmp_path: Path, cap
     assert main([*common, "--plan"]) == 0
     plan = capsys.readouterr().out
     assert plan.count("  new ") == 2 and "ce.yaml  --seeds 0" in plan
+    assert not out.exists()  # a plan links no subset and writes no config
     assert main([*common, "--parallel", "2"]) == 0
     text = (out / "smoke" / "study.md").read_text()
     assert "| CE | 1 | " in text and "--parallel 2" in text and "data.batch_size=8" in text

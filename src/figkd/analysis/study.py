@@ -314,18 +314,24 @@ def locate_dataset(tier: Tier, root: str | os.PathLike[str] | None) -> Path:
 
 
 def make_subset(
-    source: Path, dest_parent: Path, train_per_class: int | None, test_per_class: int | None
+    source: Path,
+    dest_parent: Path,
+    train_per_class: int | None,
+    test_per_class: int | None,
+    *,
+    build: bool = True,
 ) -> Path:
     """A Tiny-ImageNet folder of symlinks holding the first ``train_per_class`` training
     images of each class (sorted file names) and the first ``test_per_class`` labelled val
-    images of each class (annotation order).  Built once; ``None`` keeps every image."""
+    images of each class (annotation order).  Built once; ``None`` keeps every image.
+    ``build=False`` only names the folder (``study --plan`` writes nothing)."""
     if train_per_class is None and test_per_class is None:
         return source
     tag = f"{source.name}-train{train_per_class or 'all'}-test{test_per_class or 'all'}"
     folder = dest_parent / tag
     marker = folder / ".figkd-complete"
     recipe = {"source": str(source.resolve()), "train": train_per_class, "test": test_per_class}
-    if marker.is_file() and json.loads(marker.read_text()) == recipe:
+    if not build or (marker.is_file() and json.loads(marker.read_text()) == recipe):
         return folder
     if folder.exists():
         shutil.rmtree(folder)
@@ -502,9 +508,11 @@ def plan_study(
     parallel: int | None = None,
     threads: int | None = None,
     overrides: Sequence[str] = (),
+    write: bool = True,
 ) -> Study:
     """The study: teacher configs written to ``<out>/<tier>/configs`` (students follow in
-    :func:`student_jobs`, once the teachers' checksums are known)."""
+    :func:`student_jobs`, once the teachers' checksums are known).  ``write=False`` plans
+    without writing the configs (``study --plan``)."""
     parallel = max(1, parallel if parallel is not None else tier.parallel)
     if threads is None:
         threads = tier.threads or max(1, (os.cpu_count() or 1) // parallel)
@@ -530,7 +538,7 @@ def plan_study(
         draft = config_from_dict(apply_overrides(data, study.overrides))
         data["experiment"] = f"teachers/{pair.teacher}-{config_key(draft, key_data)}"
         path = configs / f"{data['experiment'].replace('/', '_')}.yaml"
-        cfg = _finish_config(study, data, path)
+        cfg = _finish_config(study, data, path, write=write)
         study.teachers[pair.name] = Job("train", cfg, path, 0, pair, None)
     return study
 

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if tier.dataset == "tiny-imagenet":
         source = S.locate_tiny_imagenet(args.data_root, Path(args.cache_dir))
         data_root = S.make_subset(
-            source, out / "data", tier.train_per_class, tier.test_per_class
+            source, out / "data", tier.train_per_class, tier.test_per_class, build=not args.plan
         ).resolve()
     else:  # e.g. uint8-shards packed by `figkd pack`: per-class subsets are reader options
         data_root = S.locate_dataset(tier, args.data_root)
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         parallel=args.parallel,
         threads=args.threads,
         overrides=args.items or [],
+        write=not args.plan,  # a plan writes nothing under --out
     )
     command = canonical_command(args)
     if args.plan:
@@ -165,9 +166,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plan",
         action="store_true",
-        help="list the runs and their state; trains nothing, but prepares what the runs "
-        "need: unpacks a dataset .tar into --cache-dir, links the data subset and writes "
-        "the teachers' configs under --out",
+        help="list the runs and their state; trains nothing and writes nothing under --out "
+        "(a dataset .tar is still unpacked into --cache-dir, where the runs will look for it)",
     )
     parser.add_argument(
         "--report-only", action="store_true", help="rebuild study.md from finished runs"
