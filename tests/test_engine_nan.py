@@ -17,21 +17,26 @@ from figkd.losses import CELoss
 
 
 class NaNAtStep(CELoss):
-    """CE plus a "detail" term that turns NaN at one global training step."""
+    """CE plus a zero "detail" term; at one global training step either that term turns NaN
+    (``where="term"``) or the student's logits do (``where="logits"``, which the loss's own
+    input check notices when validation is on, the CPU default)."""
 
     term_names = ("ce", "detail")
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, where: str = "term") -> None:
         super().__init__()
-        self.step, self.calls = step, 0
+        self.step, self.where, self.calls = step, where, 0
 
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, **context: Any
     ) -> dict[str, Tensor]:
         self.calls += 1
+        poisoned = self.calls == self.step
+        if poisoned and self.where == "logits":
+            student_logits = student_logits + float("nan")
         terms = super().forward(student_logits, teacher_logits, targets, **context)
         detail = 0.0 * student_logits.sum()
-        if self.calls == self.step:
+        if poisoned and self.where == "term":
             detail = detail + float("nan")
         return {**terms, "detail": detail}
 
@@ -70,23 +75,6 @@ def test_nan_names_step_and_term_and_keeps_last_checkpoint(tmp_path: Path) -> No
     assert not (tmp_path / "run/summary.json").exists()
 
 
-class NaNLogitsAtStep(CELoss):
-    """CE whose student logits turn NaN at one global step: the loss's own input check
-    (validation on, the CPU default) is what notices."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step, self.calls = step, 0
-
-    def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, **context: Any
-    ) -> dict[str, Tensor]:
-        self.calls += 1
-        if self.calls == self.step:
-            student_logits = student_logits + float("nan")
-        return super().forward(student_logits, teacher_logits, targets, **context)
-
-
 def test_non_finite_logits_caught_by_a_loss_give_the_trainers_message(tmp_path: Path) -> None:
     cfg = config_from_dict(
         {
@@ -99,7 +87,7 @@ def test_non_finite_logits_caught_by_a_loss_give_the_trainers_message(tmp_path: 
     )
     steps_per_epoch = 1295 // 64
     with pytest.raises(NonFiniteLossError) as info:
-        Trainer(cfg, tmp_path / "run", loss=NaNLogitsAtStep(steps_per_epoch + 2)).fit()
+        Trainer(cfg, tmp_path / "run", loss=NaNAtStep(steps_per_epoch + 2, where="logits")).fit()
     message = str(info.value)
     assert "epoch 2, step 2 " in message and "student_logits contains" in message
     assert "(epoch 1) is intact" in message and "--resume" in message
