@@ -27,6 +27,7 @@ from figkd.cli import Command
 from figkd.commands.train import HelpFormatter
 from figkd.config import Config, config_from_dict, validate_config
 from figkd.engine.launch import run_seeds
+from figkd.engine.optim import scale_milestones
 from figkd.engine.progress import choose_mode
 from figkd.engine.report import aggregate, find_summaries, write_report
 from figkd.engine.trainer import EpochRecord
@@ -45,9 +46,6 @@ def demo_configs(
 ) -> tuple[Config, dict[str, Config]]:
     """The teacher config and one student config per method (all on digits)."""
 
-    def milestones(n: int) -> list[int]:  # the paper's 150/180/210 of 240, scaled
-        return sorted({max(1, round(n * f)) for f in (150 / 240, 180 / 240, 210 / 240)})
-
     common: dict[str, Any] = {
         "output_dir": str(out),
         "data": {"dataset": "digits", "val_fraction": 0.1, "batch_size": 64, "num_workers": 0},
@@ -58,7 +56,7 @@ def demo_configs(
             **common,
             "experiment": "teacher",
             "model": {"name": "tiny_cnn", "args": {"width": teacher_width}},
-            "schedule": {"milestones": milestones(teacher_epochs)},
+            "schedule": {"milestones": scale_milestones(teacher_epochs)},
             "train": {**common["train"], "epochs": teacher_epochs},
         }
     )
@@ -70,7 +68,7 @@ def demo_configs(
                 "experiment": method,
                 "model": {"name": "tiny_cnn", "args": {"width": student_width}},
                 "loss": {"name": method},
-                "schedule": {"milestones": milestones(epochs)},
+                "schedule": {"milestones": scale_milestones(epochs)},
                 "train": {**common["train"], "epochs": epochs},
             }
         )
