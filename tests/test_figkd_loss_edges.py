@@ -14,7 +14,7 @@ import pytest
 import pywt
 import torch
 
-from figkd.losses import FiGKDLoss, standardize_logits
+from figkd.losses import FiGKDLoss, figkd_loss, standardize_logits
 from figkd.losses.haar_fused import haar_detail_loss
 
 
@@ -179,3 +179,46 @@ def test_standardize_logits_uses_the_last_axis_of_any_rank() -> None:
     z = np.random.default_rng(14).normal(2.0, 4.0, (2, 3, 5))
     expected = (z - z.mean(-1, keepdims=True)) / (z.std(-1, ddof=1, keepdims=True) + 1e-7)
     np.testing.assert_allclose(standardize_logits(torch.tensor(z)).numpy(), expected, rtol=1e-12, atol=0)
+
+
+# ------------------------------------------------------------ which path computes the loss
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_band_matrix_serves_up_to_256_classes_on_the_cpu(train: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # BAND_MATRIX_MAX_CLASSES["cpu"] = 256 is the largest C for the band matrix (documented); past it,
+    # Haar in zero mode takes the fused node.  Without noise, training mode must not leave the fast paths.
+    calls: list[str] = []  # each wrapper records its path, then computes as before
+    matrix_loss, fused_loss = figkd_loss.linear_band_loss, figkd_loss.haar_detail_loss
+    monkeypatch.setattr(figkd_loss, "linear_band_loss", lambda *a: calls.append("matrix") or matrix_loss(*a))
+    monkeypatch.setattr(figkd_loss, "haar_detail_loss", lambda *a: calls.append("fused") or fused_loss(*a))
+    for num_classes, path in [(256, "matrix"), (257, "fused")]:
+        s, t = _logits(2, num_classes, 17), _logits(2, num_classes, 18)
+        calls.clear()
+        loss = FiGKDLoss().train(train)
+        assert loss.detail_loss(s, t).item() == pytest.approx(_ref_detail(s, t), rel=1e-10)
+        assert calls == [path], num_classes
+
+
+@pytest.mark.filterwarnings("ignore:level 1 is deeper than 0")  # a 1 x 1 map: pywt's maximum level is 0
+def test_a_device_type_missing_from_the_table_never_uses_the_band_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A device type with no entry gets the limit 0: no class count, not even C = 1, takes the matrix.
+    calls: list[str] = []
+    matrix_loss = figkd_loss.linear_band_loss
+    monkeypatch.setattr(figkd_loss, "BAND_MATRIX_MAX_CLASSES", {})
+    monkeypatch.setattr(figkd_loss, "linear_band_loss", lambda *a: calls.append("matrix") or matrix_loss(*a))
+    s, t = _logits(2, 1, 19), _logits(2, 1, 20)
+    # C = 1 -> 1 x 1 map, zero padded to [[d, 0], [0, 0]]: LH = HL = HH = d / 2, so the loss is
+    # 3 * mean(d^2) / 4 over the batch.
+    d = (s - t).numpy()[:, 0]
+    assert FiGKDLoss().detail_loss(s, t).item() == pytest.approx(3 * np.mean(d**2) / 4, rel=1e-12)
+    assert calls == []
+
+
+# ------------------------------------------------------------ constructor arguments
+
+
+@pytest.mark.parametrize("level", [True, 2.0, "2", 0])
+def test_level_must_be_a_positive_int_not_a_bool_or_float(level: object) -> None:
+    with pytest.raises(ValueError, match="level must be a positive integer"):
+        FiGKDLoss(level=level)  # type: ignore[arg-type]
