@@ -16,7 +16,7 @@ source of the teacher's logits changes, by at most float16 rounding.
 The file is keyed by a SHA-256 over what the logits depend on: dataset name, split,
 sample count and the images themselves, the teacher checkpoint's SHA-256, the
 transform (size, padding, flip, mean, std, pixel scale) and the storage dtype.  It is
-written atomically (temp file + ``os.replace``) under ``teacher.cache_dir`` (default
+written atomically (temp file, fsync, ``os.replace``) under ``teacher.cache_dir`` (default
 ``.cache/teacher_logits/`` in the working directory) and reused by any later run with
 the same key.  A file whose stored key differs from the expected one is an error that
 names the differing fields.  Runs started side by side take turns extending the file
@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from figkd.data import BatchAugment, get_preset
 from figkd.data.planned_crop import CropPlan
+from figkd.engine.checkpoint import save_atomic
 from figkd.engine.file_lock import exclusive
 
 FORMAT = 1
@@ -346,28 +347,26 @@ class ViewLogitCache:
         return total
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write atomically: a temp file in the same folder, then ``os.replace``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(
-                {"format": FORMAT, "key": self.key, "fields": self.fields,
-                 "logits": self.logits.cpu().contiguous(), "filled": self.filled},
-                tmp,
-            )
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
+        """Write atomically (temp file, fsync, ``os.replace``): a run killed mid-write leaves
+        the previous file, never half of one."""
+        state = {"format": FORMAT, "key": self.key, "fields": self.fields,
+                 "logits": self.logits.cpu().contiguous(), "filled": self.filled}
+        return save_atomic(state, path)
 
     @classmethod
     def load(
         cls, path: str | os.PathLike[str], expected: dict[str, Any] | None = None
     ) -> ViewLogitCache:
         """Read a cache file; with ``expected`` fields, refuse a file built for anything else."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - torch's unpickler raises many types on junk
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise CacheKeyMismatchError(
+                f"cannot read the teacher-logit cache {path}: it is damaged, truncated or holds "
+                f"objects besides tensors ({type(error).__name__}: {reason}); delete it and the "
+                "next run rebuilds it"
+            ) from error
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise CacheKeyMismatchError(
                 f"{path} is not a figkd teacher-logit cache of format {FORMAT}; delete it"
