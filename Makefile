@@ -38,8 +38,9 @@ bench-speed: $(STAMP)
 
 # do the tests notice a changed operator or constant? e.g.
 #   make mutate MODULE=src/figkd/losses/dkd.py TESTS="tests/test_losses_baselines.py -k dkd"
+MUTATE_FLAGS ?= --fork
 mutate: $(STAMP)
-	$(BIN)/python tools/mutation.py $(MODULE) $(TESTS)
+	$(BIN)/python tools/mutation.py $(MUTATE_FLAGS) $(MODULE) $(TESTS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

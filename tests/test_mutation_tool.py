@@ -58,3 +58,30 @@ def test_a_mutant_changes_only_its_own_site(mutation) -> None:
 
 def test_line_range_limits_the_mutants(mutation) -> None:
     assert {m.line for m in mutation.list_mutants(SOURCE, (5, 5))} == {5}
+
+
+def test_forked_runs_see_each_mutant_like_fresh_interpreters(tmp_path: Path) -> None:
+    """``--fork`` must give the same outcome per mutant as a new interpreter per run: a child
+    that imported the unmutated module (from the tree or an installed copy) would report
+    every mutant as survived."""
+    import os
+    import re
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable, str(repo / "tools" / "mutation.py"), "src/figkd/losses/standardize.py",
+        "--max", "1", "tests/test_figkd_loss_edges.py", "-k", "standardize",
+    ]
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    reports = []
+    for extra in ([], ["--fork"]):
+        result = subprocess.run(
+            [*command, *extra], cwd=repo, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr
+        reports.append(re.findall(r"^\[\d+/1\] line \d+: .+: (\w+)$", result.stdout, re.M))
+    assert reports[0] == reports[1] == ["killed"]
+    assert list(tmp_path.iterdir()) == [] or all(
+        not p.name.startswith("figkd-mutation-") for p in tmp_path.iterdir()
+    )  # the scratch copies are removed
