@@ -305,5 +305,5 @@ def test_help_texts_keep_examples_and_drop_default_noise(
     out = _help(capsys, "state", "show")
     assert "a bundle folder (state.json + parts) or a study's --out folder" in out
     out = _help(capsys, "study")
-    assert "trains nothing, but prepares what the runs need" in out
+    assert "trains nothing and writes nothing under --out" in out
     assert "run nothing" not in out
