@@ -17,6 +17,7 @@ from scipy.stats import norm
 
 from figkd.losses import build_loss
 from figkd.models import create_model
+from numpy_reference import as_numpy, np_ce, np_bn_train, np_conv1x1
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -26,10 +27,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _np(x: torch.Tensor) -> np.ndarray:
-    return x.detach().double().cpu().numpy()
 
 
 def _pair(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -43,26 +40,6 @@ def _pair(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
                 m.bias.data.uniform_(-0.5, 0.5)
     teacher.eval().requires_grad_(False)
     return student, teacher
-
-
-def _np_ce(logits: np.ndarray, y: np.ndarray) -> float:
-    z = logits - logits.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    return float(-logp[np.arange(len(y)), y].mean())
-
-
-def _np_bn_train(x: np.ndarray, bn: torch.nn.BatchNorm2d) -> np.ndarray:
-    mu = x.mean(axis=(0, 2, 3), keepdims=True)
-    var = x.var(axis=(0, 2, 3), keepdims=True)
-    g, b = _np(bn.weight).reshape(1, -1, 1, 1), _np(bn.bias).reshape(1, -1, 1, 1)
-    return (x - mu) / np.sqrt(var + bn.eps) * g + b
-
-
-def _np_conv1x1(x: np.ndarray, conv: torch.nn.Conv2d) -> np.ndarray:
-    out = np.einsum("oc,bchw->bohw", _np(conv.weight)[:, :, 0, 0], x)
-    if conv.bias is not None:
-        out = out + _np(conv.bias).reshape(1, -1, 1, 1)
-    return out
 
 
 def _np_block_mean(x: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -119,15 +96,15 @@ def test_ofd_pools_the_larger_map_to_the_smaller_one(s_sizes: Sizes, t_sizes: Si
     total = 0.0
     for i in range(2):
         conv, bn = loss.connectors[i][0], loss.connectors[i][1]
-        s = _np_bn_train(_np_conv1x1(_np(s_pre[i]), conv), bn)
-        t = _np(t_pre[i])
+        s = np_bn_train(np_conv1x1(as_numpy(s_pre[i]), conv), bn)
+        t = as_numpy(t_pre[i])
         size = (min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1]))
         s, t = _np_block_mean(s, size), _np_block_mean(t, size)
         t_bn = teacher.stages[i][0].bn
-        t = np.maximum(t, _np_margin(_np(t_bn.bias), _np(t_bn.weight)).reshape(1, -1, 1, 1))
+        t = np.maximum(t, _np_margin(as_numpy(t_bn.bias), as_numpy(t_bn.weight)).reshape(1, -1, 1, 1))
         total += _np_partial_l2(s, t) / b * 0.5 ** (1 - i)
     assert terms["ofd"].item() == pytest.approx(1e-3 * total, rel=1e-4)
-    assert terms["ce"].item() == pytest.approx(_np_ce(_np(logits), y.numpy()), rel=1e-5)
+    assert terms["ce"].item() == pytest.approx(np_ce(as_numpy(logits), y.numpy()), rel=1e-5)
 
 
 def test_ofd_eval_mode_uses_a_bias_free_connector_and_bn_running_statistics() -> None:
@@ -155,15 +132,15 @@ def test_ofd_eval_mode_uses_a_bias_free_connector_and_bn_running_statistics() ->
     total = 0.0
     for i in range(2):
         conv, bn = loss.connectors[i][0], loss.connectors[i][1]
-        w = _np(conv.weight)[:, :, 0, 0]
-        s = np.einsum("oc,bchw->bohw", w, _np(sf["preact_stages"][i]))  # no bias term
-        mean, var = _np(bn.running_mean), _np(bn.running_var)
-        scale = _np(bn.weight) / np.sqrt(var + bn.eps)
+        w = as_numpy(conv.weight)[:, :, 0, 0]
+        s = np.einsum("oc,bchw->bohw", w, as_numpy(sf["preact_stages"][i]))  # no bias term
+        mean, var = as_numpy(bn.running_mean), as_numpy(bn.running_var)
+        scale = as_numpy(bn.weight) / np.sqrt(var + bn.eps)
         s = (s - mean[None, :, None, None]) * scale[None, :, None, None]
-        s = s + _np(bn.bias)[None, :, None, None]
+        s = s + as_numpy(bn.bias)[None, :, None, None]
         t_bn = teacher.stages[i][0].bn
-        margin = _np_margin(_np(t_bn.bias), _np(t_bn.weight)).reshape(1, -1, 1, 1)
-        t = np.maximum(_np(tf["preact_stages"][i]), margin)
+        margin = _np_margin(as_numpy(t_bn.bias), as_numpy(t_bn.weight)).reshape(1, -1, 1, 1)
+        t = np.maximum(as_numpy(tf["preact_stages"][i]), margin)
         total += _np_partial_l2(s, t) / 4 * 0.5 ** (1 - i)
     assert terms["ofd"].item() == pytest.approx(total, rel=1e-4)
 
@@ -196,7 +173,7 @@ def test_ofd_connector_init_is_he_normal_over_output_channels() -> None:
     from figkd.losses.ofd import _connector
 
     torch.manual_seed(0)
-    w = _np(_connector(64, 200)[0].weight)  # 12800 draws: mean and std pinned to ~1 %
+    w = as_numpy(_connector(64, 200)[0].weight)  # 12800 draws: mean and std pinned to ~1 %
     assert abs(w.mean()) < 0.005
     assert w.std() == pytest.approx(np.sqrt(2 / 200), rel=0.03)
 
@@ -240,10 +217,10 @@ def test_ofd_resumed_batch_margins_are_not_re_estimated() -> None:
     resumed.setup(student, teacher, example_input=x, num_train_samples=4)
     resumed.load_state_dict(first.state_dict())
     step(resumed, 3 * torch.randn(4, 3, 16, 16))  # other statistics: other margins if redone
-    t = _np(teacher.forward_features(x)["preact_stages"][0])
+    t = as_numpy(teacher.forward_features(x)["preact_stages"][0])
     a = t.transpose(1, 0, 2, 3).reshape(t.shape[1], -1)
     np.testing.assert_allclose(
-        _np(resumed.margins()[0]), _np_margin(a.mean(1), a.std(1)), rtol=1e-4, atol=1e-5
+        as_numpy(resumed.margins()[0]), _np_margin(a.mean(1), a.std(1)), rtol=1e-4, atol=1e-5
     )
 
 
@@ -293,11 +270,11 @@ def test_crd_adds_the_kd_term_when_kd_weight_is_positive() -> None:
         teacher_features=tf,
         index=torch.tensor([0, 5, 9, 19]),
     )
-    ls, lt = _np_log_softmax(_np(sf["logits"]) / 3.0), _np_log_softmax(_np(tf["logits"]) / 3.0)
+    ls, lt = _np_log_softmax(as_numpy(sf["logits"]) / 3.0), _np_log_softmax(as_numpy(tf["logits"]) / 3.0)
     want = 0.7 * 9.0 * float((np.exp(lt) * (lt - ls)).sum(1).mean())
     assert set(terms) == {"ce", "crd", "kd"}
     assert terms["kd"].item() == pytest.approx(want, rel=1e-5)
-    assert terms["ce"].item() == pytest.approx(0.4 * _np_ce(_np(sf["logits"]), y.numpy()), rel=1e-5)
+    assert terms["ce"].item() == pytest.approx(0.4 * np_ce(as_numpy(sf["logits"]), y.numpy()), rel=1e-5)
     with pytest.raises(ValueError, match="teacher_logits"):
         loss(
             sf["logits"],
@@ -355,7 +332,7 @@ def test_crd_accepts_the_boundary_settings() -> None:
 
 # ------------------------------------------------------------------------------- ReviewKD
 def _np_conv3x3(x: np.ndarray, conv: torch.nn.Conv2d) -> np.ndarray:
-    w = _np(conv.weight)  # (O, C, 3, 3), padding 1, no bias
+    w = as_numpy(conv.weight)  # (O, C, 3, 3), padding 1, no bias
     b, c, h, wd = x.shape
     pad = np.zeros((b, c, h + 2, wd + 2))
     pad[:, :, 1:-1, 1:-1] = x
@@ -387,7 +364,7 @@ def _np_hcl(fs: np.ndarray, ft: np.ndarray) -> float:
 
 def _np_bn_eval(x: np.ndarray, bn: torch.nn.BatchNorm2d) -> np.ndarray:
     def c(v: torch.Tensor) -> np.ndarray:
-        return _np(v).reshape(1, -1, 1, 1)
+        return as_numpy(v).reshape(1, -1, 1, 1)
 
     return (x - c(bn.running_mean)) / np.sqrt(c(bn.running_var) + bn.eps) * c(bn.weight) + c(
         bn.bias
@@ -411,7 +388,7 @@ def test_reviewkd_resizes_to_the_teachers_map_when_the_student_is_larger(
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g))
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
         loss.eval()
-    bn_ref = _np_bn_eval if eval_mode else _np_bn_train
+    bn_ref = _np_bn_eval if eval_mode else np_bn_train
     b = 4
     sf = {
         "stages": [torch.randn(b, 4, 8, 8, generator=g), torch.randn(b, 8, 4, 4, generator=g)],
@@ -427,21 +404,21 @@ def test_reviewkd_resizes_to_the_teachers_map_when_the_student_is_larger(
     logits, y = torch.randn(b, 5, generator=g), torch.tensor([1, 0, 4, 2])
     terms = loss(logits, None, y, student_features=sf, teacher_features=tf)  # no epoch: no ramp
 
-    s_lv = [_np(s) for s in sf["stages"]] + [_np(sf["embedding"])[:, :, None, None]]
-    t_lv = [_np(t) for t in tf["preact_stages"]] + [_np(tf["embedding"])[:, :, None, None]]
+    s_lv = [as_numpy(s) for s in sf["stages"]] + [as_numpy(sf["embedding"])[:, :, None, None]]
+    t_lv = [as_numpy(t) for t in tf["preact_stages"]] + [as_numpy(tf["embedding"])[:, :, None, None]]
     want, residual = 0.0, None
     for abf, xs, xt in zip(loss.abfs, s_lv[::-1], t_lv[::-1]):  # deepest level first
-        w1 = _np(abf.conv1[0].weight)[:, :, 0, 0]  # bias-free 1x1 conv, written out
+        w1 = as_numpy(abf.conv1[0].weight)[:, :, 0, 0]  # bias-free 1x1 conv, written out
         h = bn_ref(np.einsum("oc,bchw->bohw", w1, xs), abf.conv1[1])
         if residual is not None:
             r = _np_nearest(residual, h.shape[-2:])
-            att = 1 / (1 + np.exp(-_np_conv1x1(np.concatenate([h, r], 1), abf.att_conv[0])))
+            att = 1 / (1 + np.exp(-np_conv1x1(np.concatenate([h, r], 1), abf.att_conv[0])))
             h = h * att[:, 0:1] + r * att[:, 1:2]
         h = _np_nearest(h, xt.shape[-2:])
         want += _np_hcl(bn_ref(_np_conv3x3(h, abf.conv2[0]), abf.conv2[1]), xt)
         residual = h
     assert terms["review"].item() == pytest.approx(want, rel=1e-4)
-    assert terms["ce"].item() == pytest.approx(_np_ce(_np(logits), y.numpy()), rel=1e-5)
+    assert terms["ce"].item() == pytest.approx(np_ce(as_numpy(logits), y.numpy()), rel=1e-5)
 
 
 def test_reviewkd_mid_width_is_capped_by_max_mid_channels() -> None:
@@ -461,7 +438,7 @@ def test_reviewkd_refuses_a_warmup_that_is_not_a_non_negative_integer(warmup: ob
 
 
 def _np_embed(f: torch.Tensor, lin: torch.nn.Linear) -> np.ndarray:
-    v = _np(f) @ _np(lin.weight).T + _np(lin.bias)
+    v = as_numpy(f) @ as_numpy(lin.weight).T + as_numpy(lin.bias)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
@@ -475,7 +452,7 @@ def test_crd_second_step_keeps_the_first_batch_z_and_reads_the_updated_banks() -
     rows = [np.concatenate([i[:, None], rng.integers(0, n, (4, k))], 1) for i in idx]
     draws = iter(rows)
     loss.sample_indices = lambda index: torch.as_tensor(next(draws))
-    bank_s, bank_t = _np(loss.memory_s), _np(loss.memory_t)
+    bank_s, bank_t = as_numpy(loss.memory_s), as_numpy(loss.memory_t)
     s, t = (
         _np_embed(sf["embedding"], loss.embed_s.linear),
         _np_embed(tf["embedding"], loss.embed_t.linear),
@@ -561,7 +538,7 @@ def test_crd_half_precision_bank_is_scored_in_float32_on_cpu() -> None:
     index = np.array([3, 0, 19, 7])
     rows = np.concatenate([index[:, None], rng.integers(0, n, (4, k))], 1)
     loss.sample_indices = lambda idx: torch.as_tensor(rows)
-    bank_s, bank_t = _np(loss.memory_s), _np(loss.memory_t)  # the float16 values, exactly
+    bank_s, bank_t = as_numpy(loss.memory_s), as_numpy(loss.memory_t)  # the float16 values, exactly
     got = loss(
         sf["logits"],
         None,
@@ -590,7 +567,7 @@ def test_reviewkd_hcl_pools_an_8x8_map_to_4x4_2x2_and_1x1() -> None:
 
     g = torch.Generator().manual_seed(4)
     fs, ft = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
-    a, b = _np(fs), _np(ft)
+    a, b = as_numpy(fs), as_numpy(ft)
     want = ((a - b) ** 2).mean()
     for size, w in ((4, 0.5), (2, 0.25), (1, 0.125)):
         want += w * ((_np_block_mean(a, size) - _np_block_mean(b, size)) ** 2).mean()
@@ -624,5 +601,5 @@ def test_reviewkd_abf_convs_use_kaiming_uniform_with_a_1() -> None:
     abf = ABF(64, 32, 16, fuse=False)
     for conv, fan_in in ((abf.conv1[0], 64), (abf.conv2[0], 32 * 9)):
         bound = np.sqrt(3 / fan_in)
-        top = np.abs(_np(conv.weight)).max()
+        top = np.abs(as_numpy(conv.weight)).max()
         assert 0.98 * bound < top <= bound

@@ -14,18 +14,13 @@ from figkd.distiller import Distiller
 from figkd.losses import build_loss
 from figkd.losses.feature_utils import ConvRegressor, paired_stages
 from figkd.models import create_model
+from numpy_reference import np_ce
 
 RNG = np.random.default_rng(0)
 
 
 def _t(a: np.ndarray) -> Tensor:
     return torch.tensor(a, dtype=torch.float64)
-
-
-def _np_ce(logits: np.ndarray, y: np.ndarray) -> float:
-    z = logits - logits.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    return float(-logp[np.arange(len(y)), y].mean())
 
 
 def _features(stages: list[np.ndarray], embedding: np.ndarray, logits: np.ndarray) -> dict:
@@ -61,7 +56,7 @@ def test_at_matches_numpy_with_pooling_and_stage_pairing() -> None:
     pooled = s[1].reshape(5, 3, 2, 2, 2, 2).mean(axis=(3, 5))  # 4x4 -> 2x2 average pool
     expected = ((att(pooled) - att(t[0])) ** 2).mean() + ((att(s[2]) - att(t[1])) ** 2).mean()
     assert float(terms["at"]) == pytest.approx(1000 * expected, rel=1e-10)
-    assert float(terms["ce"]) == pytest.approx(_np_ce(zs, y), rel=1e-10)
+    assert float(terms["ce"]) == pytest.approx(np_ce(zs, y), rel=1e-10)
 
 
 def test_pkt_matches_numpy_loops() -> None:
@@ -122,7 +117,7 @@ def test_rkd_matches_numpy_loops() -> None:
                  teacher_features=_features([et], et, zt))
     assert float(terms["distance"]) == pytest.approx(25 * _huber(dist(es), dist(et)), rel=1e-9)
     assert float(terms["angle"]) == pytest.approx(50 * _huber(angles(es), angles(et)), rel=1e-9)
-    assert float(terms["ce"]) == pytest.approx(_np_ce(zs, y), rel=1e-10)
+    assert float(terms["ce"]) == pytest.approx(np_ce(zs, y), rel=1e-10)
 
 
 def test_sp_matches_numpy() -> None:
@@ -219,7 +214,7 @@ def test_dml_matches_numpy_and_trains_each_network_from_its_own_terms() -> None:
     a, b = zs.detach().double().numpy(), zp.detach().double().numpy()
     assert float(terms["kl"].detach()) == pytest.approx(kl(b, a), rel=1e-5)
     assert float(terms["peer_kl"].detach()) == pytest.approx(kl(a, b), rel=1e-5)
-    assert float(terms["peer_ce"].detach()) == pytest.approx(_np_ce(b, y.numpy()), rel=1e-5)
+    assert float(terms["peer_ce"].detach()) == pytest.approx(np_ce(b, y.numpy()), rel=1e-5)
     peer_params = list(loss.peer.parameters())
     student_params = list(student.parameters())
     for name, others in (("ce", peer_params), ("kl", peer_params),

@@ -17,6 +17,7 @@ from scipy.stats import norm
 from figkd.losses import build_loss
 from figkd.losses.crd import crd_memory_bytes
 from figkd.models import create_model
+from numpy_reference import as_numpy, np_ce, np_bn_train, np_conv1x1
 
 METHODS = ("ofd", "crd", "reviewkd", "catkd")
 
@@ -28,10 +29,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _np(x: torch.Tensor) -> np.ndarray:
-    return x.detach().double().cpu().numpy()
 
 
 def _pair(seed: int = 0, s_width: int = 2, t_width: int = 4, classes: int = 5):
@@ -55,28 +52,8 @@ def _features(student, teacher, x):
     return sf, tf
 
 
-def _np_ce(logits: np.ndarray, y: np.ndarray) -> float:
-    z = logits - logits.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    return float(-logp[np.arange(len(y)), y].mean())
-
-
-def _np_bn_train(x: np.ndarray, bn: torch.nn.BatchNorm2d) -> np.ndarray:
-    mu = x.mean(axis=(0, 2, 3), keepdims=True)
-    var = x.var(axis=(0, 2, 3), keepdims=True)
-    g, b = _np(bn.weight).reshape(1, -1, 1, 1), _np(bn.bias).reshape(1, -1, 1, 1)
-    return (x - mu) / np.sqrt(var + bn.eps) * g + b
-
-
-def _np_conv1x1(x: np.ndarray, conv: torch.nn.Conv2d) -> np.ndarray:
-    out = np.einsum("oc,bchw->bohw", _np(conv.weight)[:, :, 0, 0], x)
-    if conv.bias is not None:
-        out = out + _np(conv.bias).reshape(1, -1, 1, 1)
-    return out
-
-
 def _np_conv3x3(x: np.ndarray, conv: torch.nn.Conv2d) -> np.ndarray:
-    w = _np(conv.weight)  # (O, C, 3, 3)
+    w = as_numpy(conv.weight)  # (O, C, 3, 3)
     b, c, h, wd = x.shape
     pad = np.zeros((b, c, h + 2, wd + 2))
     pad[:, :, 1:-1, 1:-1] = x
@@ -144,16 +121,16 @@ def test_ofd_value_matches_numpy_with_bn_margins() -> None:
     n = len(sf["preact_stages"])
     for i in range(n):
         conv, bn = loss.connectors[i][0], loss.connectors[i][1]
-        s = _np_bn_train(_np_conv1x1(_np(sf["preact_stages"][i]), conv), bn)
+        s = np_bn_train(np_conv1x1(as_numpy(sf["preact_stages"][i]), conv), bn)
         t_bn = teacher.stages[i][0].bn
-        margin = _np_margin(_np(t_bn.bias), _np(t_bn.weight)).reshape(1, -1, 1, 1)
-        t = np.maximum(_np(tf["preact_stages"][i]), margin)
+        margin = _np_margin(as_numpy(t_bn.bias), as_numpy(t_bn.weight)).reshape(1, -1, 1, 1)
+        t = np.maximum(as_numpy(tf["preact_stages"][i]), margin)
         d = 0.0
         for sv, tv in zip(s.ravel(), np.broadcast_to(t, s.shape).ravel()):
             d += 0.0 if (sv <= tv <= 0) else (tv - sv) ** 2
         total += d / x.shape[0] * 0.5 ** (n - 1 - i)
     assert terms["ofd"].item() == pytest.approx(1e-3 * total, rel=1e-4)
-    assert terms["ce"].item() == pytest.approx(_np_ce(_np(sf["logits"]), y.numpy()), rel=1e-5)
+    assert terms["ce"].item() == pytest.approx(np_ce(as_numpy(sf["logits"]), y.numpy()), rel=1e-5)
 
 
 def test_ofd_batch_margin_when_preact_is_not_a_bn_output() -> None:
@@ -168,9 +145,9 @@ def test_ofd_batch_margin_when_preact_is_not_a_bn_output() -> None:
     loss(sf["logits"], tf["logits"], torch.zeros(4, dtype=torch.long),
          student_features=sf, teacher_features=tf)
     for i, t in enumerate(tf["preact_stages"]):
-        a = _np(t).transpose(1, 0, 2, 3).reshape(t.shape[1], -1)
+        a = as_numpy(t).transpose(1, 0, 2, 3).reshape(t.shape[1], -1)
         want = _np_margin(a.mean(1), a.std(1))
-        np.testing.assert_allclose(_np(loss.margins()[i]), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(as_numpy(loss.margins()[i]), want, rtol=1e-4, atol=1e-5)
     # fixed after the first batch, and carried by the state dict
     before = [m.clone() for m in loss.margins()]
     sf2, tf2 = _features(student, teacher, 3 * torch.randn(4, 3, 16, 16))
@@ -193,13 +170,13 @@ def test_crd_value_matches_numpy() -> None:
     rng = np.random.default_rng(0)
     rows = np.concatenate([index.numpy()[:, None], rng.integers(0, n_samples, (4, k))], 1)
     loss.sample_indices = lambda idx: torch.as_tensor(rows)  # fixed draws for the reference
-    bank_s, bank_t = _np(loss.memory_s), _np(loss.memory_t)
+    bank_s, bank_t = as_numpy(loss.memory_s), as_numpy(loss.memory_t)
     sf, tf = _features(student, teacher, x)
     terms = loss(sf["logits"], tf["logits"], y, student_features=sf, teacher_features=tf,
                  index=index)
 
     def embed(f, lin):
-        v = _np(f) @ _np(lin.weight).T + _np(lin.bias)
+        v = as_numpy(f) @ as_numpy(lin.weight).T + as_numpy(lin.bias)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     s = embed(sf["embedding"], loss.embed_s.linear)
@@ -217,7 +194,7 @@ def test_crd_value_matches_numpy() -> None:
     assert set(terms) == {"ce", "crd"}
     # momentum update of the banks' rows at index; the others untouched
     for bank_before, v, bank_after in ((bank_s, s, loss.memory_s), (bank_t, t, loss.memory_t)):
-        after = _np(bank_after)
+        after = as_numpy(bank_after)
         upd = 0.5 * bank_before[index.numpy()] + 0.5 * v
         upd /= np.linalg.norm(upd, axis=1, keepdims=True)
         np.testing.assert_allclose(after[index.numpy()], upd, rtol=1e-5, atol=1e-6)
@@ -325,19 +302,19 @@ def test_reviewkd_value_matches_numpy() -> None:
     terms = loss(sf["logits"], tf["logits"], y, student_features=sf, teacher_features=tf,
                  epoch=4)
 
-    s_lv = [_np(s) for s in sf["stages"]] + [_np(sf["embedding"])[:, :, None, None]]
-    t_lv = [_np(t) for t in tf["preact_stages"]] + [_np(tf["embedding"])[:, :, None, None]]
+    s_lv = [as_numpy(s) for s in sf["stages"]] + [as_numpy(sf["embedding"])[:, :, None, None]]
+    t_lv = [as_numpy(t) for t in tf["preact_stages"]] + [as_numpy(tf["embedding"])[:, :, None, None]]
     outs, residual = [], None
     for abf, xs, xt in zip(loss.abfs, s_lv[::-1], t_lv[::-1]):  # deepest level first
-        h = _np_bn_train(_np_conv1x1(xs, abf.conv1[0]), abf.conv1[1])
+        h = np_bn_train(np_conv1x1(xs, abf.conv1[0]), abf.conv1[1])
         if residual is not None:
             r = _np_nearest(residual, h.shape[-2:])
-            att = 1 / (1 + np.exp(-_np_conv1x1(np.concatenate([h, r], 1), abf.att_conv[0])))
+            att = 1 / (1 + np.exp(-np_conv1x1(np.concatenate([h, r], 1), abf.att_conv[0])))
             h = h * att[:, 0:1] + r * att[:, 1:2]
         else:
             assert abf.att_conv is None
         h = _np_nearest(h, xt.shape[-2:])
-        outs.append(_np_bn_train(_np_conv3x3(h, abf.conv2[0]), abf.conv2[1]))
+        outs.append(np_bn_train(_np_conv3x3(h, abf.conv2[0]), abf.conv2[1]))
         residual = h
     want = 5.0 * (4 / 20) * sum(_np_hcl(o, t) for o, t in zip(outs, t_lv[::-1]))
     assert terms["review"].item() == pytest.approx(want, rel=1e-4)
@@ -372,8 +349,8 @@ def test_catkd_value_matches_numpy(resolution: int, normalize: bool) -> None:
     terms = loss(sf["logits"], tf["logits"], y, student_features=sf, teacher_features=tf)
 
     def cams(feats, net):
-        pooled = _np_block_mean(_np(feats["stages"][-1]), resolution)
-        a = np.einsum("kc,bchw->bkhw", _np(net.fc.weight), pooled)
+        pooled = _np_block_mean(as_numpy(feats["stages"][-1]), resolution)
+        a = np.einsum("kc,bchw->bkhw", as_numpy(net.fc.weight), pooled)
         if normalize:
             a = a / np.linalg.norm(a.reshape(*a.shape[:2], -1), axis=2)[:, :, None, None]
         return a

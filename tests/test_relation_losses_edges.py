@@ -27,6 +27,7 @@ from figkd.losses.pkt import pkt_loss
 from figkd.losses.rkd import pairwise_distance, rkd_terms
 from figkd.losses.vid import VIDHead
 from figkd.models import create_model
+from numpy_reference import np_ce
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -44,12 +45,6 @@ def _t(a: np.ndarray) -> Tensor:
 
 def _features(embedding: np.ndarray) -> dict[str, Tensor]:
     return {"embedding": _t(embedding)}
-
-
-def _np_ce(logits: np.ndarray, y: np.ndarray) -> float:
-    z = logits - logits.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    return float(-logp[np.arange(len(y)), y].mean())
 
 
 # --------------------------------------------------------------------------- RKD
@@ -130,7 +125,7 @@ def test_rkd_squared_distances_and_custom_weights_match_numpy() -> None:
     assert float(terms["angle"]) == pytest.approx(
         3.0 * _huber(_np_angles(s), _np_angles(t)), rel=1e-10
     )
-    assert float(terms["ce"]) == pytest.approx(0.5 * _np_ce(zs, y), rel=1e-10)
+    assert float(terms["ce"]) == pytest.approx(0.5 * np_ce(zs, y), rel=1e-10)
 
 
 def test_rkd_batch_of_one_has_no_pair_and_gives_zero_not_nan() -> None:
@@ -182,7 +177,7 @@ def test_pkt_large_eps_in_norm_and_log_matches_numpy() -> None:
         terms = loss(_t(zs), None, torch.tensor(y), student_features=_features(s),
                      teacher_features=_features(t))
         assert float(terms["pkt"]) == pytest.approx(2.0 * _np_pkt(s, t, exclude, 0.05), rel=1e-12)
-        assert float(terms["ce"]) == pytest.approx(3.0 * _np_ce(zs, y), rel=1e-12)
+        assert float(terms["ce"]) == pytest.approx(3.0 * np_ce(zs, y), rel=1e-12)
 
 
 def test_pkt_loss_defaults_eps_1e7_exclude_self_ce_weight_1() -> None:
@@ -192,7 +187,7 @@ def test_pkt_loss_defaults_eps_1e7_exclude_self_ce_weight_1() -> None:
     terms = build_loss("pkt")(_t(zs), None, torch.tensor(y), student_features=_features(s),
                               teacher_features=_features(t))
     assert float(terms["pkt"]) == pytest.approx(30000 * _np_pkt(s, t, True, 1e-7), rel=1e-12)
-    assert float(terms["ce"]) == pytest.approx(_np_ce(zs, y), rel=1e-12)  # ce_weight 1
+    assert float(terms["ce"]) == pytest.approx(np_ce(zs, y), rel=1e-12)  # ce_weight 1
 
 
 def test_pkt_batch_of_two_works_and_one_is_refused() -> None:
@@ -225,7 +220,7 @@ def test_fitnet_default_hint_layer_2_and_ce_weight_1() -> None:
     terms = loss(_t(zs), None, torch.tensor(y), student_features=_stage_features(s[0], s[1:]),
                  teacher_features=_stage_features(t[0], t[1:]))
     assert float(terms["hint"]) == pytest.approx(100 * ((s[2] - t[2]) ** 2).mean(), rel=1e-12)
-    assert float(terms["ce"]) == pytest.approx(_np_ce(zs, y), rel=1e-12)
+    assert float(terms["ce"]) == pytest.approx(np_ce(zs, y), rel=1e-12)
 
 
 def test_fitnet_hint_layer_bounds_are_python_indexing() -> None:
@@ -287,7 +282,7 @@ def test_vid_defaults_and_two_pooled_stage_pairs_match_numpy() -> None:
     terms = loss(_t(zs), None, torch.tensor(y), student_features={"stages": [_t(f) for f in s]},
                  teacher_features={"stages": [_t(f) for f in t]})
     assert float(terms["vid"].detach()) == pytest.approx(expected, rel=1e-12)
-    assert float(terms["ce"]) == pytest.approx(_np_ce(zs, y), rel=1e-12)
+    assert float(terms["ce"]) == pytest.approx(np_ce(zs, y), rel=1e-12)
 
 
 def test_vid_init_var_must_exceed_eps() -> None:
