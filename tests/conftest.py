@@ -1,12 +1,24 @@
-"""Fixtures shared by the tests that run shipped CIFAR-100 configs end to end."""
+"""Fixtures shared across test files (fake CIFAR-100 copies, one-thread loss tests)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from figkd.data.synthetic import write_fake_cifar100
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Loss tests on tiny tensors: one intra-op thread avoids OpenMP spin-wait overhead on a
+    busy 2-core machine.  Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -27,13 +27,7 @@ from figkd.models import create_model
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cifar100" / "diffkd"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _np_abar(T: int = 1000, b0: float = 1e-4, b1: float = 0.02) -> np.ndarray:

@@ -22,13 +22,7 @@ from numpy_reference import as_numpy, np_ce, np_bn_train, np_conv1x1
 METHODS = ("ofd", "crd", "reviewkd", "catkd")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread avoids spin-wait overhead on busy CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(seed: int = 0, s_width: int = 2, t_width: int = 4, classes: int = 5):
