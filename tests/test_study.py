@@ -252,6 +252,56 @@ def test_study_runs_skips_finished_and_resumes_killed(fake_root: Path, tmp_path:
     assert (study.out / "report.md").is_file() and (study.out / "study.json").is_file()
 
 
+def test_teacher_free_students_train_beside_the_teachers(
+    fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CE needs no teacher, so it shares the teachers' batch: on a GPU the slots a lone
+    teacher leaves idle train it.  The distilled students wait for the teacher's checksum."""
+    tier = _tiny_tier()
+    methods = [m for m in S.main_methods(1) if m.name in ("ce", "kd")]
+    study = S.plan_study(tier, tmp_path / "out", fake_root, device="cpu", methods=methods)
+    batches: list[list[str]] = []
+    original = S.execute
+
+    def recording(jobs, *args, **kwargs):  # noqa: ANN001, ANN202 - test double
+        batches.append([job.label for job in jobs])
+        return original(jobs, *args, **kwargs)
+
+    monkeypatch.setattr(S, "execute", recording)
+    manifest = S.run_study(study, say=lambda _: None)
+    pair = tier.pairs[0].name
+    assert batches == [
+        [f"{pair}/teacher seed0", f"{pair}/ce seed0", f"{pair}/ce seed1"],
+        [f"{pair}/kd seed0", f"{pair}/kd seed1"],
+    ]
+    assert [r["status"] for r in manifest["runs"]] == ["trained"] * 5
+
+
+def test_a_failed_teacher_leaves_out_only_its_distilled_students(
+    fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tier = _tiny_tier(seeds=(0,))
+    methods = [m for m in S.main_methods(1) if m.name in ("ce", "kd")]
+    study = S.plan_study(tier, tmp_path / "out", fake_root, device="cpu", methods=methods)
+    original = S._run_in_process
+
+    def teacher_fails(job, say):  # noqa: ANN001, ANN202 - test double
+        if job.method is None:
+            raise RuntimeError("out of memory")
+        return original(job, say)
+
+    monkeypatch.setattr(S, "_run_in_process", teacher_fails)
+    lines: list[str] = []
+    manifest = S.run_study(study, say=lines.append)
+    pair = tier.pairs[0].name
+    assert {r["run"]: r["status"] for r in manifest["runs"]} == {
+        f"{pair}/teacher seed0": "failed",
+        f"{pair}/ce seed0": "trained",
+    }
+    assert f"  no teacher for {pair}: its distilled students are left out" in lines
+    assert not (study.out / pair / "kd").exists()
+
+
 def test_cli_plan_and_parallel_subprocesses(fake_root: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli"
     common = [

@@ -544,15 +544,16 @@ def plan_study(
 
 
 def student_jobs(study: Study, teacher_sha256: dict[str, str], write: bool = True) -> list[Job]:
-    """Student configs (written once the teachers exist: they pin the teacher's SHA-256)."""
+    """Student configs.  A distilled student is planned once its teacher exists (it pins the
+    teacher's SHA-256); a teacher-free one (CE) for every pair, teacher or not."""
     from figkd.losses import LOSSES
 
     jobs = []
     tier = study.tier
     for pair in tier.pairs:
-        if pair.name not in teacher_sha256:
-            continue
         for method in study.methods:
+            if LOSSES.get(method.loss).needs_teacher and pair.name not in teacher_sha256:
+                continue
             data = _base_config(
                 study, model=pair.student, args=pair.student_args, epochs=tier.epochs
             )
@@ -763,14 +764,18 @@ def prepare_caches(study: Study) -> None:
 
 
 def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = None) -> dict:
-    """Teachers first, then every student; returns the manifest written to study.json."""
+    """Teachers together with the teacher-free students, then the distilled students;
+    returns the manifest written to study.json."""
     start = time.perf_counter()
     logs = study.out / "logs"
     if study.parallel > 1:
         prepare_caches(study)
     unique = list({job.run_dir: job for job in study.teachers.values()}.values())  # shared once
-    say(f"teachers ({len(unique)}):")
-    outcomes = execute(unique, study.parallel, logs, say, gpus)
+    # Students without a teacher (CE) need no teacher: they train beside the teachers, in the
+    # slots a lone teacher leaves idle (on a briefly lent GPU, that is device time saved).
+    free = student_jobs(study, {})
+    say(f"teachers ({len(unique)}) and students without a teacher ({len(free)}):")
+    outcomes = execute([*unique, *free], study.parallel, logs, say, gpus)
     shas: dict[str, str] = {}
     from figkd.models.checkpoint import file_sha256
 
@@ -781,9 +786,9 @@ def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = N
         if not failed and finished:
             shas[pair.name] = file_sha256(teacher_weights(job.run_dir))
         else:
-            say(f"  no teacher for {pair.name}: its students are left out")
-    jobs = student_jobs(study, shas)
-    say(f"students ({len(jobs)} runs: {len(study.methods)} methods x {len(study.seeds)} seeds):")
+            say(f"  no teacher for {pair.name}: its distilled students are left out")
+    jobs = [job for job in student_jobs(study, shas) if job.kind == "distill"]
+    say(f"distilled students ({len(jobs)} runs):")
     outcomes += execute(jobs, study.parallel, logs, say, gpus)
     manifest = {
         "tier": study.tier.name,
