@@ -174,7 +174,8 @@ def _scratch_copy() -> Path:
 
 PYTEST_FLAGS = ("-x", "-q", "-p", "no:cacheprovider")
 # Imported once by --fork; none of them imports figkd, so each child imports the mutant fresh.
-PRELOADED = ("numpy", "torch", "pytest", "pywt", "PIL.Image", "yaml")
+# torchvision alone takes seconds per child on a busy 2-core machine (figkd.data imports it).
+PRELOADED = ("numpy", "torch", "torchvision", "pytest", "pywt", "PIL.Image", "yaml", "scipy.io")
 
 
 def _outcome(returncode: int) -> str:
