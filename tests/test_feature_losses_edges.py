@@ -603,3 +603,219 @@ def test_reviewkd_abf_convs_use_kaiming_uniform_with_a_1() -> None:
         bound = np.sqrt(3 / fan_in)
         top = np.abs(as_numpy(conv.weight)).max()
         assert 0.98 * bound < top <= bound
+
+
+# ------------------------------------------------------------- CRD: constructor, setup, memory
+# Gaps the mutation run of crd.py lines 1-258 found (docs/testing.md, "Mutation checks").
+def test_crd_defaults_are_the_papers_settings() -> None:
+    """Module docstring: CE 1, CRD 0.8, KD 0 (T 4), K = 16384, tau = 0.07, d = 128, m = 0.5,
+    float32 banks on the compute device, negatives seeded with 0; the trainer must hand CRD
+    the features and the dataset indices."""
+    from figkd.losses.crd import CRDLoss
+
+    loss = build_loss("crd")
+    assert isinstance(loss, CRDLoss)
+    weights = (loss.ce_weight, loss.crd_weight, loss.kd_weight, loss.kd_temperature)
+    assert weights == (1.0, 0.8, 0.0, 4.0)
+    nce = (loss.feat_dim, loss.num_negatives, loss.nce_temperature, loss.momentum)
+    assert nce == (128, 16384, 0.07, 0.5)
+    assert loss.memory_dtype == torch.float32 and loss.memory_device is None and loss.seed == 0
+    assert loss.needs_features is True and loss.needs_sample_index is True
+
+
+def test_crd_memory_bytes_defaults_and_the_compute_element_size() -> None:
+    """Docstring: banks 2 N d b, gathered rows 2 B (K+1) d b_c, scores 2 B (K+1) 4, with
+    d = 128, K = 16384, B = 64 by default and b_c = b on CUDA (the default), 4 on the CPU."""
+    from figkd.losses.crd import crd_memory_bytes
+
+    rows = 64 * 16385
+    for dtype, b in (("float32", 4), ("float16", 2)):
+        got = crd_memory_bytes(1000, memory_dtype=dtype)
+        want = {"banks": 2 * 1000 * 128 * b, "gathered_per_step": 2 * rows * 128 * b,
+                "scores_per_step": 2 * rows * 4}  # fmt: skip
+        want["total"] = sum(want.values())
+        assert got == want
+    cpu = crd_memory_bytes(1000, memory_dtype="float16", compute_on_cuda=False)
+    assert cpu["gathered_per_step"] == 2 * rows * 128 * 4
+    # before setup: no samples yet, and the estimate assumes a CUDA run
+    early = build_loss("crd", memory_dtype="float16").memory_bytes(batch_size=8)
+    assert early["banks"] == 0 and early["gathered_per_step"] == 2 * 8 * 16385 * 128 * 2
+    assert build_loss("crd").memory_bytes()["scores_per_step"] == 2 * rows * 4  # B = 64
+
+
+def test_crd_setup_with_two_samples_builds_seeded_unit_banks_and_keeps_train_modes() -> None:
+    """Two samples are enough (one positive, one negative). Banks: uniform in [-s, s], then
+    L2-normalised (s cancels), drawn from Generator(seed) for M_S then M_T; the generator's
+    state after those draws is the negatives' stream; log Z starts unknown (NaN)."""
+    student, teacher = _pair(3)
+    student.train()
+    loss = build_loss("crd", feat_dim=6, num_negatives=3)  # default seed 0
+    loss.setup(student, teacher, example_input=torch.randn(3, 3, 8, 8), num_train_samples=2)
+    assert student.training and not teacher.training
+    assert loss.embed_s.linear.in_features == 8 and loss.embed_t.linear.in_features == 16
+    replay = torch.Generator().manual_seed(0)
+    for name in ("memory_s", "memory_t"):
+        u = 2.0 * as_numpy(torch.rand(2, 6, generator=replay)) - 1.0
+        want = u / np.linalg.norm(u, axis=1, keepdims=True)
+        np.testing.assert_allclose(as_numpy(getattr(loss, name)), want, rtol=1e-6, atol=1e-7)
+    assert torch.equal(loss.rng_state, replay.get_state())
+    assert loss.log_z.shape == (2,) and bool(torch.isnan(loss.log_z).all())
+
+
+def test_crd_memory_device_holds_the_banks_whatever_the_compute_device() -> None:
+    """``memory_device`` places the banks (the meta device stands in for a second device)."""
+    student, teacher = _pair(4)
+    loss = build_loss("crd", feat_dim=4, num_negatives=2, memory_device="meta")
+    loss.setup(student, teacher, example_input=torch.randn(2, 3, 8, 8), num_train_samples=5)
+    assert loss.memory_s.device.type == "meta" and loss.memory_t.device.type == "meta"
+    assert loss.embed_s.linear.weight.device.type == "cpu" and loss.log_z.device.type == "cpu"
+
+
+def test_crd_gather_ranks_concatenates_uneven_batches_without_their_padding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two ranks with batches of 2 (this rank) and 3 (the other): every tensor is padded to 3
+    rows for all_gather, and the result is rank 0's 2 rows then rank 1's 3, padding dropped.
+    The collectives are faked: the other rank's rows are handed in as if gathered."""
+    from figkd.losses import crd
+
+    other = {"index": torch.tensor([7, 8, 9]), "value": torch.arange(6.0).reshape(3, 2) + 10}
+    calls: list[int] = []
+
+    def all_gather(out: list[torch.Tensor], tensor: torch.Tensor) -> None:
+        calls.append(tensor.shape[0])
+        assert len(out) == 2
+        if len(calls) == 1:  # the sizes
+            out[0].copy_(tensor)
+            out[1].fill_(3)
+            return
+        theirs = other["index"] if tensor.dim() == 1 else other["value"]
+        assert tensor.shape[0] == 3  # padded to the largest batch
+        out[0].copy_(tensor)
+        out[1].copy_(theirs)
+
+    monkeypatch.setattr(crd, "_distributed", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_gather", all_gather)
+    index, value = torch.tensor([1, 2]), torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    got_index, got_value = crd._gather_ranks(index, value)
+    assert got_index.tolist() == [1, 2, 7, 8, 9]
+    assert got_value.tolist() == [[1.0, 2.0], [3.0, 4.0], [10.0, 11.0], [12.0, 13.0], [14.0, 15.0]]
+    calls.clear()
+    (only_index,) = crd._gather_ranks(index)  # indices alone (no values to follow)
+    assert only_index.tolist() == [1, 2, 7, 8, 9]
+
+
+# ------------------------------------------------------------ ReviewKD: constructor, setup, levels
+# Gaps the mutation run of reviewkd.py lines 103-197 found (docs/testing.md, "Mutation checks").
+class _FixedFeatures(torch.nn.Module):
+    """A network whose forward_features returns fixed maps: stage counts and widths at will."""
+
+    def __init__(self, **features: object) -> None:
+        super().__init__()
+        self.features = features
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, object]:
+        return self.features
+
+
+def _np_review(loss: torch.nn.Module, s_lv: list[np.ndarray], t_lv: list[np.ndarray]) -> float:
+    """sum_j HCL(ABF_j, t_j), deepest level first, training-mode BN (module docstring)."""
+    total, residual = 0.0, None
+    for abf, xs, xt in zip(loss.abfs, s_lv[::-1], t_lv[::-1], strict=True):
+        h = np_bn_train(np_conv1x1(xs, abf.conv1[0]), abf.conv1[1])
+        if residual is not None:
+            r = _np_nearest(residual, h.shape[-2:])
+            att = 1 / (1 + np.exp(-np_conv1x1(np.concatenate([h, r], 1), abf.att_conv[0])))
+            h = h * att[:, 0:1] + r * att[:, 1:2]
+        h = _np_nearest(h, xt.shape[-2:])
+        total += _np_hcl(np_bn_train(_np_conv3x3(h, abf.conv2[0]), abf.conv2[1]), xt)
+        residual = h
+    return total
+
+
+def test_reviewkd_defaults_are_the_official_settings() -> None:
+    """Module docstring: CE 1, review weight 1, 20 warm-up epochs, mid width capped at 512,
+    the student's post-ReLU stages; the trainer must hand ReviewKD the features."""
+    loss = build_loss("reviewkd")
+    assert (loss.ce_weight, loss.review_weight, loss.warmup_epochs) == (1.0, 1.0, 20)
+    assert loss.max_mid_channels == 512 and loss.student_preact is False
+    assert loss.needs_features is True
+
+
+def _review_nets(s_stages: int, t_stages: int, b: int = 4) -> tuple[_FixedFeatures, _FixedFeatures]:
+    """Stage j (from the deepest, j = 0) is (2 + j) channels wide for the student, (5 + j) for the
+    teacher, at 2^(j+1) x 2^(j+1); pre-ReLU stages differ from the post-ReLU ones."""
+    g = torch.Generator().manual_seed(s_stages * 10 + t_stages)
+
+    def maps(n: int, base: int) -> list[torch.Tensor]:
+        sizes = [2 ** (j + 1) for j in range(n)]
+        return [torch.randn(b, base + j, h, h, generator=g) for j, h in enumerate(sizes)][::-1]
+
+    s_pre, t_pre = maps(s_stages, 2), maps(t_stages, 5)
+    student = _FixedFeatures(
+        stages=[m.relu() for m in s_pre], preact_stages=s_pre,
+        embedding=torch.randn(b, 3, generator=g), logits=torch.randn(b, 5, generator=g),
+    )  # fmt: skip
+    teacher = _FixedFeatures(
+        stages=[m.relu() for m in t_pre], preact_stages=t_pre,
+        embedding=torch.randn(b, 6, generator=g), logits=torch.randn(b, 5, generator=g),
+    )  # fmt: skip
+    return student, teacher
+
+
+def _levels_np(features: dict, preact: bool) -> list[np.ndarray]:
+    stages = features["preact_stages" if preact else "stages"]
+    return [as_numpy(s) for s in stages] + [as_numpy(features["embedding"])[:, :, None, None]]
+
+
+@pytest.mark.parametrize("s_stages, t_stages", [(3, 2), (2, 3)])
+def test_reviewkd_pairs_levels_from_the_deepest_when_stage_counts_differ(
+    s_stages: int, t_stages: int
+) -> None:
+    """With 3 + 1 levels on one side and 2 + 1 on the other, the 3 deepest are paired and the
+    extra shallow stage is ignored, in setup and in forward."""
+    student, teacher = _review_nets(s_stages, t_stages)
+    student.train()
+    teacher.eval()
+    torch.manual_seed(0)
+    loss = build_loss("reviewkd", warmup_epochs=0)
+    loss.setup(student, teacher, example_input=torch.zeros(4, 3, 8, 8), num_train_samples=4)
+    assert student.training and not teacher.training  # setup restores both modes
+    assert loss.num_levels == 3
+    # deepest first: the embeddings (3 -> 6 wide), then stage widths 2 -> 5 and 3 -> 6
+    assert [abf.conv1[0].in_channels for abf in loss.abfs] == [3, 2, 3]
+    assert [abf.conv2[0].out_channels for abf in loss.abfs] == [6, 5, 6]
+    assert [abf.conv1[0].out_channels for abf in loss.abfs] == [3, 3, 3]  # mid: the embedding's
+    assert loss.out_sizes == [(4, 4), (2, 2), (1, 1)]
+    sf, tf = student.features, teacher.features
+    y = torch.tensor([0, 1, 2, 3])
+    terms = loss(sf["logits"], None, y, student_features=sf, teacher_features=tf)
+    want = _np_review(loss, _levels_np(sf, False)[-3:], _levels_np(tf, True)[-3:])
+    assert terms["review"].item() == pytest.approx(want, rel=1e-4)
+
+
+def test_reviewkd_student_preact_distils_the_pre_relu_student_stages() -> None:
+    student, teacher = _review_nets(2, 2)
+    torch.manual_seed(1)
+    loss = build_loss("reviewkd", warmup_epochs=0, review_weight=2.0, student_preact=True)
+    loss.setup(student, teacher, example_input=torch.zeros(4, 3, 8, 8), num_train_samples=4)
+    sf, tf = student.features, teacher.features
+    terms = loss(sf["logits"], None, torch.zeros(4, dtype=torch.long),
+                 student_features=sf, teacher_features=tf)  # fmt: skip
+    want = 2.0 * _np_review(loss, _levels_np(sf, True), _levels_np(tf, True))
+    assert terms["review"].item() == pytest.approx(want, rel=1e-4)
+
+
+def test_reviewkd_needs_a_teacher_and_both_feature_sets() -> None:
+    student, teacher = _review_nets(2, 2)
+    x = torch.zeros(4, 3, 8, 8)
+    with pytest.raises(ValueError, match="teacher"):
+        build_loss("reviewkd").setup(student, None, example_input=x, num_train_samples=4)
+    loss = build_loss("reviewkd", warmup_epochs=0)
+    loss.setup(student, teacher, example_input=x, num_train_samples=4)
+    sf, tf = student.features, teacher.features
+    y = torch.zeros(4, dtype=torch.long)
+    for s_feat, t_feat in ((sf, None), (None, tf)):
+        with pytest.raises(ValueError, match="student_features= and teacher_features="):
+            loss(sf["logits"], None, y, student_features=s_feat, teacher_features=t_feat)
