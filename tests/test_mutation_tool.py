@@ -56,6 +56,24 @@ def test_a_mutant_changes_only_its_own_site(mutation) -> None:
     assert original.endswith("return -x * 2.0 + 1") and "f'bad {x + 1}'" in original
 
 
+def test_survivors_of_a_saved_report_are_picked_again(mutation) -> None:
+    report = "\n".join([
+        "[1/12] line 2: 3 -> 4: killed",
+        "[2/12] line 3: Lt -> LtE: survived",
+        "[3/12] line 5: drop USub: error",
+        "",
+        "m.py: 10/12 mutants killed (1 error, 9 killed, 2 survived) in 3 s",
+        "  survived: line 3: Lt -> LtE: if x < 2 and not x:",
+        "  survived: line 5: 2.0 -> 3.0: return -x * 2.0 + 1",
+    ])
+    wanted = mutation.survivors_in_report(report)
+    assert wanted == {(3, "Lt -> LtE"), (5, "2.0 -> 3.0")}
+    chosen = mutation.select_survivors(mutation.list_mutants(SOURCE, None), wanted)
+    assert [(m.line, m.description) for m in chosen] == [(3, "Lt -> LtE"), (5, "2.0 -> 3.0")]
+    with pytest.raises(ValueError, match=r"line 4: Add -> Sub\).*run all mutants again"):
+        mutation.select_survivors(mutation.list_mutants(SOURCE, None), {(4, "Add -> Sub")})
+
+
 def test_line_range_limits_the_mutants(mutation) -> None:
     assert {m.line for m in mutation.list_mutants(SOURCE, (5, 5))} == {5}
 

@@ -12,7 +12,9 @@ It works on a scratch copy of the repository, never on the tree you run it from:
     python tools/mutation.py src/figkd/wavelets.py tests/test_wavelets.py --lines 40-200
 
 Everything after the module's path goes to pytest unchanged. ``--lines`` limits the mutants to
-a line range; ``--max`` caps their number (spread evenly over the module). ``--fork`` imports
+a line range; ``--max`` caps their number (spread evenly over the module); ``--survivors LOG``
+re-runs only the mutants an earlier report (saved output of this tool) lists as survived, to
+check new tests against them without running every mutant again. ``--fork`` imports
 torch, NumPy and pytest once and runs each mutant's tests in a forked child (POSIX only): the
 same outcomes, several times faster for tests that take less time than importing torch.
 """
@@ -21,8 +23,9 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 import importlib
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -153,6 +156,37 @@ def list_mutants(source: str, lines: tuple[int, int] | None) -> list[Mutant]:
     return found
 
 
+#: "[3/40] line 12: Add -> Sub: survived" (progress) or "  survived: line 12: Add -> Sub: code"
+_SURVIVOR_LINES = (
+    re.compile(r"^\[\d+/\d+\] line (\d+): (.+): survived$"),
+    re.compile(r"^survived: line (\d+): (.+?): "),
+)
+
+
+def survivors_in_report(text: str) -> set[tuple[int, str]]:
+    """``(line, description)`` of every mutant a saved report of this tool lists as survived."""
+    found = set()
+    for row in text.splitlines():
+        for pattern in _SURVIVOR_LINES:
+            match = pattern.match(row.strip())
+            if match:
+                found.add((int(match.group(1)), match.group(2)))
+    return found
+
+
+def select_survivors(mutants: list[Mutant], wanted: set[tuple[int, str]]) -> list[Mutant]:
+    """The mutants named in ``wanted``; a name that matches none means the module changed."""
+    chosen = [m for m in mutants if (m.line, m.description) in wanted]
+    missing = wanted - {(m.line, m.description) for m in chosen}
+    if missing:
+        shown = ", ".join(f"line {line}: {what}" for line, what in sorted(missing))
+        raise ValueError(
+            f"the report names mutants this module no longer has ({shown}): the module "
+            "changed since that report; run all mutants again"
+        )
+    return chosen
+
+
 def mutated_source(source: str, mutant: Mutant) -> str:
     tree = ast.parse(source)
     for index, (node, _, spec) in enumerate(_candidates(tree)):
@@ -254,10 +288,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fork", action="store_true", help="import torch once and fork a child per test run"
     )
+    parser.add_argument(
+        "--survivors",
+        metavar="LOG",
+        help="only the mutants this saved report of the tool lists as survived",
+    )
     args, pytest_args = parser.parse_known_args(argv)
     lines = tuple(int(part) for part in args.lines.split("-")) if args.lines else None
     source = (REPO / args.module).read_text()
     mutants = list_mutants(source, lines)  # type: ignore[arg-type]
+    if args.survivors:
+        wanted = survivors_in_report(Path(args.survivors).read_text())
+        if lines is not None:
+            wanted = {(line, what) for line, what in wanted if lines[0] <= line <= lines[1]}
+        try:
+            mutants = select_survivors(mutants, wanted)
+        except ValueError as error:
+            print(f"mutation: {error}", file=sys.stderr)
+            return 2
     if args.max and len(mutants) > args.max:
         step = len(mutants) / args.max
         mutants = [mutants[int(i * step)] for i in range(args.max)]
