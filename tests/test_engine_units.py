@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from conftest import digits_config
 from figkd.config import Config, config_from_dict
 from figkd.engine import Trainer, load_teacher, load_weights_only, lr_at, model_payload, save_atomic
 from figkd.engine.seeding import get_rng_state, set_rng_state
@@ -19,23 +20,7 @@ from figkd.losses import DistillationLoss
 from figkd.models import CheckpointMismatchError, create_model
 
 
-def digits(out: Path, name: str, **sections: Any) -> Config:
-    data = {
-        "experiment": name,
-        "output_dir": str(out),
-        "model": {"name": "tiny_cnn", "args": {"width": 4}},
-        "data": {"dataset": "digits", "num_workers": 0},
-        "train": {
-            "epochs": 1,
-            "device": "cpu",
-            "num_threads": 1,
-            "progress": "none",
-            "max_steps_per_epoch": 3,
-        },
-    }
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value}
-    return config_from_dict(data)
+digits = digits_config
 
 
 def test_multistep_schedule_is_the_papers() -> None:

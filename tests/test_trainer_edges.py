@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from figkd.config import Config, config_from_dict
+from conftest import digits_config
 from figkd.engine import Trainer, load_weights_only, model_payload, save_atomic
 from figkd.engine.trainer import NonFiniteLossError, RunExistsError
 from figkd.losses import CELoss
@@ -28,24 +28,7 @@ from figkd.models import create_model
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def digits(out: Path, name: str, **sections: Any) -> Config:
-    """A few steps of tiny_cnn on the bundled digits: a real run in well under a second."""
-    data: dict[str, Any] = {
-        "experiment": name,
-        "output_dir": str(out),
-        "model": {"name": "tiny_cnn", "args": {"width": 4}},
-        "data": {"dataset": "digits", "num_workers": 0},
-        "train": {
-            "epochs": 1,
-            "device": "cpu",
-            "num_threads": 1,
-            "progress": "none",
-            "max_steps_per_epoch": 3,
-        },
-    }
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value}
-    return config_from_dict(data)
+digits = digits_config
 
 
 def _metrics(run: Path) -> list[dict[str, Any]]:
