@@ -383,6 +383,29 @@ def test_cub200_image_without_label_or_split_entry_is_an_error(tmp_path: Path, t
         CUB200(tmp_path, "test")
 
 
+@pytest.mark.parametrize(
+    "table,line,message",
+    [
+        ("image_class_labels.txt", "3 7", r"image id 3 class '7', which is not a class id"),
+        ("image_class_labels.txt", "3 1b", r"image id 3 class '1b', which is not a class id"),
+        ("train_test_split.txt", "3 2", r"image id 3 the value '2'; expected 1 \(train\) or 0"),
+    ],
+)
+def test_cub200_label_or_split_value_outside_the_tables_is_an_error(
+    tmp_path: Path, table: str, line: str, message: str
+) -> None:
+    """A class id missing from classes.txt, or a split flag other than 0/1, comes from mixed
+    or damaged annotation files; a flag of 2 would otherwise drop the image from both splits
+    without a word."""
+    _cub(tmp_path)
+    path = tmp_path / table
+    lines = [line if old.startswith("3 ") else old for old in path.read_text().splitlines()]
+    path.write_text("\n".join(lines) + "\n")
+    for split in ("train", "test"):  # image 3 is a test image; the train split must refuse too
+        with pytest.raises(NotFound, match=message):
+            CUB200(tmp_path, split)
+
+
 # ------------------------------------------------------------------------ Stanford Dogs
 
 DOG_BREEDS = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02085936-Maltese_dog"]

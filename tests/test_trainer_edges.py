@@ -303,3 +303,77 @@ def test_a_milestone_at_the_last_epoch_is_reported_as_unreached(tmp_path: Path) 
     assert lr_at(2, cfg, 0.05) == lr_at(1, cfg, 0.05) == 0.05  # never decayed in the run
     with pytest.warns(UserWarning, match=r"milestones \[2\] are at or past train.epochs=2"):
         _warn_unreached_milestones(cfg)
+
+
+# --------------------------------------------------------------------------- train top-1, best-val ties
+
+
+def test_train_top1_is_the_percentage_of_correct_training_predictions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The epoch's train top-1 is 100 x (correct predictions) / (images seen).  The correct
+    counts are recorded as the loop asks for them, so the test pins the aggregation and the
+    scale, which a bound like ``<= 100`` cannot."""
+    import figkd.engine.trainer as trainer_module
+
+    counted: dict[str, float] = {"correct": 0.0}
+    real_topk = trainer_module.topk_correct
+
+    def recording_topk(logits: Tensor, targets: Tensor, ks: tuple[int, ...]) -> dict[int, Tensor]:
+        correct = real_topk(logits, targets, ks)
+        if ks == (1,):  # the training step's call; evaluation asks for (1, 5)
+            counted["correct"] += float(correct[1])
+        return correct
+
+    monkeypatch.setattr(trainer_module, "topk_correct", recording_topk)
+    run = tmp_path / "run"
+    Trainer(digits(tmp_path, "run"), run).fit()
+    (record,) = _metrics(run)
+    assert counted["correct"] > 0  # an untrained 10-class net still gets some right
+    images = 3 * 64  # max_steps_per_epoch=3 full batches of the default 64
+    assert record["train"]["top1"] == pytest.approx(100.0 * counted["correct"] / images)
+
+
+@pytest.mark.parametrize(
+    "val_top1,best_epoch",
+    [([50.0, 50.0, 50.0], 1), ([40.0, 60.0, 60.0], 2), ([40.0, 60.0, 70.0], 3)],
+)
+def test_best_checkpoint_keeps_the_earliest_epoch_of_a_tie(
+    tmp_path: Path, val_top1: list[float], best_epoch: int
+) -> None:
+    """best.pt is the first epoch that reached the best validation top-1: a later epoch that
+    only equals it does not replace it (with a plateau, the earlier checkpoint is the one the
+    validation split chose first; the choice must be stable, not depend on the epoch count)."""
+    run = tmp_path / "run"
+    cfg = digits(tmp_path, "run", train={"epochs": 3}, data={"val_fraction": 0.2})
+    trainer = Trainer(cfg, run)
+    val_scores = iter(val_top1)
+    test_scores = iter([11.0, 22.0, 33.0])
+
+    def scripted_evaluate(model: torch.nn.Module, source: Any) -> dict[str, float]:
+        top1 = next(val_scores) if source is trainer.data.val else next(test_scores)
+        return {"loss": 1.0, "top1": top1, "top5": 100.0}
+
+    trainer.evaluate = scripted_evaluate  # type: ignore[method-assign]
+    summary = trainer.fit()
+    assert summary["best"]["epoch"] == best_epoch
+    assert summary["best"]["test"]["top1"] == [11.0, 22.0, 33.0][best_epoch - 1]
+    assert load_weights_only(run / "checkpoints" / "best.pt")["epoch"] == best_epoch
+
+
+@pytest.mark.parametrize(
+    "amp,dtype",
+    [("none", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)],
+)
+def test_train_amp_sets_the_dtype_of_matmuls_and_none_leaves_float32(
+    amp: str, dtype: torch.dtype
+) -> None:
+    """``train.amp`` must reach the forward: "none" has to stay float32 (CPU autocast with no
+    dtype would silently pick bfloat16), and the mixed modes must really switch."""
+    from figkd.engine.trainer import autocast
+
+    a, b = torch.ones(2, 3), torch.ones(3, 2)
+    with autocast(torch.device("cpu"), amp):
+        product = a @ b
+    assert product.dtype == dtype
+    assert torch.equal(product.float(), torch.full((2, 2), 3.0))

@@ -59,9 +59,23 @@ class CUB200(ImageFileDataset):
                 raise dataset_error(
                     "cub200", f"image id {image_id} lacks a label or a split entry."
                 )
-            if is_train[image_id] == wanted:
+            label, flag = labels[image_id], is_train[image_id]
+            if not label.isdigit() or int(label) not in index_of:
+                raise dataset_error(
+                    "cub200",
+                    f"image_class_labels.txt gives image id {image_id} class {label!r}, which "
+                    "is not a class id of classes.txt: the annotation files come from "
+                    "different copies; re-extract them all from CUB_200_2011.tgz.",
+                )
+            if flag not in ("0", "1"):
+                raise dataset_error(
+                    "cub200",
+                    f"train_test_split.txt gives image id {image_id} the value {flag!r}; "
+                    "expected 1 (train) or 0 (test); re-extract the file from CUB_200_2011.tgz.",
+                )
+            if flag == wanted:
                 path = root / "images" / images[image_id]
-                samples.append((str(path), index_of[int(labels[image_id])]))
+                samples.append((str(path), index_of[int(label)]))
         require_files(
             [Path(p) for p, _ in samples],
             f"{split} images listed in images.txt",
