@@ -110,7 +110,10 @@ class Cutout:
     """Gray out one square whose side is uniform in [0, ``max_fraction``] of the image side.
 
     The square's centre is uniform over the image and the square is clipped at the
-    border, as in the FixMatch/MLKD ``CutoutAbs``.
+    border, as in the FixMatch/MLKD ``CutoutAbs``.  Ours grays the half-open box
+    ``[x0, x1) x [y0, y1)`` (the side it drew); ``CutoutAbs`` passes ``(x0, y0, x1, y1)``
+    to PIL's ``rectangle``, which includes the end corner, so its box is one row and one
+    column larger.
     """
 
     def __init__(self, max_fraction: float = 0.5, fill: int = 127) -> None:
