@@ -69,21 +69,21 @@ common=(--tier "$TIER" --dataset uint8-shards --data-root "$SHARDS" --out "$STUD
 # shellcheck disable=SC2206
 extra=($STUDY_ARGS)
 # shellcheck disable=SC2206
-items=($OVERRIDES)
+items=($OVERRIDES)  # KEY=VALUE words go first: after --seeds 0 1 they would be read as seeds
 { echo "== $(date -u +%FT%TZ) short_tier: ${common[*]} --parallel $PARALLEL ${extra[*]} ${items[*]} (limit ${LIMIT}s)"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader; } | tee -a "$LOG"
 
 # timeout signals the whole process group: the study and its run subprocesses stop together;
 # every run keeps its last epoch checkpoint and the next call resumes it.
-timeout --kill-after=20 "$LIMIT" "$PY" -m figkd study "${common[@]}" --parallel "$PARALLEL" \
-  "${extra[@]}" "${items[@]}" 2>&1 | tee -a "$LOG"
+timeout --kill-after=20 "$LIMIT" "$PY" -m figkd study "${items[@]}" "${common[@]}" \
+  --parallel "$PARALLEL" "${extra[@]}" 2>&1 | tee -a "$LOG"
 status=$?
 if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
   echo "== short_tier: stopped at the ${LIMIT}s limit; call again to resume" | tee -a "$LOG"
 fi
 # The table of whatever has finished so far (a full run wrote it already; this is cheap).
-"$PY" -m figkd study "${common[@]}" "${extra[@]}" "${items[@]}" --report-only >/dev/null 2>>"$LOG"
-"$PY" -m figkd study "${common[@]}" "${extra[@]}" "${items[@]}" --plan > "$OUT/plan.txt" 2>&1
+"$PY" -m figkd study "${items[@]}" "${common[@]}" "${extra[@]}" --report-only >/dev/null 2>>"$LOG"
+"$PY" -m figkd study "${items[@]}" "${common[@]}" "${extra[@]}" --plan > "$OUT/plan.txt" 2>&1
 
 dir=$STUDY_OUT/$TIER
 # At most 8 files come back: study.md, results.tar.gz, state/state.json + <= 4 parts.

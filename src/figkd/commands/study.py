@@ -57,8 +57,13 @@ def run(args: argparse.Namespace) -> int:
         known = {m.name: m for m in methods}
         unknown = [m for m in args.methods if m not in known]
         if unknown:
+            hint = (
+                "; KEY=VALUE overrides go before --methods, which reads every word after it"
+                if any("=" in m for m in unknown)
+                else ""
+            )
             raise ValueError(
-                f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}"
+                f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}{hint}"
             )
         methods = [known[m] for m in args.methods]
     if args.ablations:
@@ -175,8 +180,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def canonical_command(args: argparse.Namespace) -> str:
-    """The command line that repeats this study (options in a fixed order)."""
-    parts = ["figkd", "study", "--tier", args.tier]
+    """The command line that repeats this study (options in a fixed order).
+
+    ``KEY=VALUE`` overrides come first: after a list option such as ``--methods ce kd`` they
+    would be read as more methods."""
+    parts = ["figkd", "study", *(args.items or []), "--tier", args.tier]
     for option in (
         "out", "dataset", "data_root", "seeds", "methods", "ablations", "parallel", "gpus",
         "device", "amp", "threads", "epochs", "teacher_epochs", "train_per_class", "test_per_class",
@@ -188,7 +196,6 @@ def canonical_command(args: argparse.Namespace) -> str:
             continue
         values = value if isinstance(value, list) else [value]
         parts += [f"--{option.replace('_', '-')}", *map(str, values)]
-    parts += list(args.items or [])
     return " ".join(shlex.quote(p) for p in parts)
 
 
