@@ -62,14 +62,20 @@ def test_recorded_command_repeats_the_study(argv: tuple[str, ...], expected: str
     assert vars(again) == vars(args)
 
 
-def test_an_override_after_methods_is_named_with_the_fix(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "option,named",
+    [("--methods", "unknown method(s) train.channels_last=true"),
+     ("--ablations", "unknown ablation 'train.channels_last=true'")],
+)
+def test_an_override_after_a_list_option_is_named_with_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, named: str
 ) -> None:
-    argv = ["study", "--out", str(tmp_path), "--methods", "ce", "train.channels_last=true"]
+    first = "ce" if option == "--methods" else "bands"
+    argv = ["study", "--out", str(tmp_path), option, first, "train.channels_last=true"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "unknown method(s) train.channels_last=true" in err
-    assert "KEY=VALUE overrides go before --methods" in err
+    assert named in err
+    assert f"KEY=VALUE overrides go before {option}" in err
 
 
 # --------------------------------------------------------------------------- run() around a fake

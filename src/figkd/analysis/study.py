@@ -154,8 +154,9 @@ def ablation_methods(groups: Iterable[str]) -> list[Method]:
     methods = []
     for group in groups:
         if group not in ABLATIONS:
+            hint = "; KEY=VALUE overrides go before --ablations" if "=" in group else ""
             raise ValueError(
-                f"unknown ablation {group!r}; choose from {', '.join(ABLATIONS)} or all"
+                f"unknown ablation {group!r}; choose from {', '.join(ABLATIONS)} or all{hint}"
             )
         for value, args in ABLATIONS[group]:
             methods.append(
