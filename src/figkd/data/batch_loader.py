@@ -27,6 +27,8 @@ from figkd.data.transforms import Preset, SmallImagePreset, get_preset
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A CPU generator whose stream depends on both ``seed`` and ``epoch`` (well mixed)."""
     state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, dtype=np.uint32)
+    # torch's CPU mt19937 keeps only the seed's low 32 bits (state[1]); the fold is kept
+    # as it is so that every recorded run's order stays reproducible
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 

@@ -42,6 +42,8 @@ def plan_generator(seed: int, epoch: int) -> torch.Generator:
     state = np.random.SeedSequence([int(seed), int(epoch), _PLAN_STREAM]).generate_state(
         2, dtype=np.uint32
     )
+    # only state[1] reaches torch's CPU mt19937 (it keeps a seed's low 32 bits); kept as
+    # it is so that existing plans stay valid
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 

@@ -174,6 +174,7 @@ class _Indexed(Dataset):
             [int(self.seed), int(self.epoch), int(index), _AUGMENT_STREAM]
         ).generate_state(2, dtype=np.uint32)
         with torch.random.fork_rng(devices=[]):
+            # the CPU mt19937 uses the low word only (it keeps 32 bits of a seed)
             torch.manual_seed(int(words[0]) << 32 | int(words[1]))
             image, target = self.dataset[index]
         return image, target, index
@@ -323,7 +324,7 @@ def build_data(cfg: Config, ctx: DistContext, device: torch.device, views: int =
     cl = cfg.train.channels_last
     steps = cfg.train.max_steps_per_epoch
     splits = ["train", "test"] + (["val"] if d.val_fraction > 0 else [])
-    common = dict(val_fraction=d.val_fraction, val_seed=d.val_seed)
+    common = {"val_fraction": d.val_fraction, "val_seed": d.val_seed}
 
     sources: dict[str, Any] = {}
     if use_fast:
