@@ -148,6 +148,10 @@ def test_pairs_of_a_study_moved_to_another_machine(pair_dir: Path, tmp_path: Pat
     teacher_run = next(moved.rglob("teachers/*/seed0"))
     (teacher_run / "checkpoints" / "last.pt").unlink()
     (teacher_run / "checkpoints" / "best.pt").unlink()
+    # a checkpoint of another teacher, found first: only the recorded SHA-256 tells them apart
+    decoy = moved / "aaa-other-teacher" / "checkpoints" / "teacher.pt"
+    decoy.parent.mkdir(parents=True)
+    decoy.write_bytes(b"weights of some other teacher")
     original = next(pair_dir.parent.rglob("teachers/*/seed0/checkpoints/teacher.pt"))
     original.rename(original.with_suffix(".away"))  # the recorded path is gone
     try:
@@ -161,3 +165,46 @@ def test_pairs_of_a_study_moved_to_another_machine(pair_dir: Path, tmp_path: Pat
         assert torch.equal(here.model.state_dict()[key], value)
     with pytest.raises(FileNotFoundError, match="best.pt"):
         load_run(teacher_run, checkpoint="best.pt")  # no silent stand-in for another file
+
+
+def test_a_missing_folder_and_a_file_are_told_apart(tmp_path: Path) -> None:
+    from figkd.commands.figures import find_pairs
+
+    with pytest.raises(FileNotFoundError, match=r"missing does not exist: give a study folder"):
+        find_pairs(tmp_path / "missing", 0)
+    file = tmp_path / "study.md"
+    file.write_text("a table, not a folder")
+    with pytest.raises(FileNotFoundError, match=r"study.md is not a folder: give a study folder"):
+        find_pairs(file, 0)
+
+
+def test_a_seed_without_runs_points_at_the_seeds_there(pair_dir: Path, tmp_path: Path) -> None:
+    """The study trained seed 0 only: asking for seed 1 names seed 0; a folder with no FiGKD
+    run at all gets no such hint."""
+    from figkd.commands.figures import find_pairs
+
+    with pytest.raises(FileNotFoundError, match=r"no figkd/seed1 run .*: pass --seed 0 for"):
+        find_pairs(pair_dir.parent, 1)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError) as info:
+        find_pairs(empty, 0)
+    assert "pass --seed" not in str(info.value)
+    assert "name the runs with --teacher/--kd/--figkd" in str(info.value)
+
+
+def test_several_pairs_with_out_get_one_subfolder_each(pair_dir: Path, tmp_path: Path) -> None:
+    """Two pairs written to one --out must not overwrite each other's figures."""
+    import shutil
+
+    study = tmp_path / "study"
+    shutil.copytree(pair_dir, study / "pair-a")
+    shutil.copytree(pair_dir, study / "pair-b")
+    out = tmp_path / "figs"
+    argv = ["figures", str(study), "--kind", "frequency", "--out", str(out)]
+    argv += ["--teacher", str(next(pair_dir.parent.rglob("teachers/*/seed0")))]
+    assert main(argv) == 0
+    for pair in ("pair-a", "pair-b"):
+        record = json.loads((out / pair / "frequency.json").read_text())
+        assert Path(record["models"]["figkd"]["run_dir"]) == study / pair / "figkd" / "seed0"
+    assert not (out / "frequency.json").exists()
