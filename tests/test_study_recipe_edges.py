@@ -1,0 +1,241 @@
+"""The study's recipe constants and data helpers at their edges (``figkd.analysis.study``).
+
+Written for the survivors of a mutation check of the recipe part of ``study.py``. Expected
+values come from the paper (Sec. 4.2, Tables 11, 12 and 16), from docs/reproduction.md and
+docs/results/smoke_tiny_imagenet.md, from hand arithmetic, or from the files a test writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from figkd.analysis import study as S
+from figkd.data import synthetic
+
+# --------------------------------------------------------------------------- tiers
+
+
+def test_smoke_tier_is_the_documented_size() -> None:
+    # docs/results/smoke_tiny_imagenet.md: "24 train + 10 test images per class ...
+    # resnet8 -> tiny_cnn (width 16), 6 epochs (teacher 10)", "1 run(s) at a time" for the
+    # plain `figkd study --tier smoke`, i.e. the tier's own default
+    smoke = S.TIERS["smoke"]
+    assert (smoke.epochs, smoke.teacher_epochs) == (6, 10)
+    assert (smoke.train_per_class, smoke.test_per_class) == (24, 10)
+    assert [(p.teacher, p.student, p.teacher_args, p.student_args) for p in smoke.pairs] == [
+        ("resnet8", "tiny_cnn", {}, {"width": 16})
+    ]
+    assert smoke.parallel == 1
+    # 150/180/210 of 240 at 6 epochs: 3.75, 4.5, 5.25 -> 3, 4, 5; at 10: 6.25, 7.5, 8.75
+    # -> 6, 7, 8 (the same document: "after epochs 3, 4, 5", "after 6, 7, 8")
+    assert smoke.milestones == [3, 4, 5] and smoke.teacher_milestones == [6, 7, 8]
+
+
+def test_paper_tier_teachers_follow_the_paper_schedule() -> None:
+    # Sec. 4.2: "trained ... for 240 epochs ... decayed by a factor of 0.1 at epochs 150, 180
+    # and 210"; the paper tier trains its teachers with the same recipe
+    paper = S.TIERS["paper"]
+    assert paper.teacher_epochs == 240 and paper.teacher_milestones == [150, 180, 210]
+    # 60-epoch teachers of the short tier: 37.5, 45, 52.5 -> 37, 45, 52
+    assert S.TIERS["short"].teacher_milestones == [37, 45, 52]
+
+
+def test_recipe_objects_cannot_be_changed_in_place() -> None:
+    # TIERS is module state shared by every study of a process: an in-place edit by one
+    # caller would silently change the recipe of all later ones
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        S.TIERS["paper"].epochs = 60  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        S.TIERS["paper"].pairs[0].student = "resnet8"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        S.main_methods(240)[2].loss = "kd"  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- ablations
+
+
+def _ablation(group: str) -> list[tuple[str, dict[str, object]]]:
+    return [(m.name, m.args) for m in S.ablation_methods([group])]
+
+
+def test_level_ablation_covers_both_readings_of_table_11() -> None:
+    # Table 11 compares J = 1 (default) with J = 2 and J = 3; each deeper level is run with
+    # the details of every level and with the deepest level's details only
+    assert _ablation("level") == [
+        ("figkd_level-2", {"level": 2}),
+        ("figkd_level-3", {"level": 3}),
+        ("figkd_level-2-deepest", {"level": 2, "detail_levels": "deepest"}),
+        ("figkd_level-3-deepest", {"level": 3, "detail_levels": "deepest"}),
+    ]
+
+
+def test_noise_ablation_uses_the_stds_of_table_12() -> None:
+    # Table 12, "Noise Std": 0.0 (the default row), 0.05, 0.10, 0.20, 0.50
+    assert _ablation("noise") == [
+        ("figkd_noise-0.05", {"noise_std": 0.05}),
+        ("figkd_noise-0.1", {"noise_std": 0.1}),
+        ("figkd_noise-0.2", {"noise_std": 0.2}),
+        ("figkd_noise-0.5", {"noise_std": 0.5}),
+    ]
+    assert S.ABLATION_DEFAULTS["noise"] == "0"
+
+
+def test_beta_and_wavelet_ablations_are_the_documented_sweeps() -> None:
+    # docs/reproduction.md, section 6: "β 0.5/1/4/8" around the default β = 2 (docs/methods.md,
+    # read from Fig. 4); Table 16: db2 and bior1.3 against the default Haar
+    assert _ablation("beta") == [
+        ("figkd_beta-0.5", {"beta": 0.5}),
+        ("figkd_beta-1", {"beta": 1.0}),
+        ("figkd_beta-4", {"beta": 4.0}),
+        ("figkd_beta-8", {"beta": 8.0}),
+    ]
+    assert _ablation("wavelet") == [
+        ("figkd_wavelet-db2", {"wavelet": "db2"}),
+        ("figkd_wavelet-bior1.3", {"wavelet": "bior1.3"}),
+    ]
+    # Sec. 3: one level, Haar; the "high bands only" default of Table 10; β = 2 of Fig. 4
+    assert {k: S.ABLATION_DEFAULTS[k] for k in ("level", "wavelet", "bands", "beta")} == {
+        "level": "1", "wavelet": "haar", "bands": "high", "beta": "2"
+    }
+
+
+# --------------------------------------------------------------------------- subset options
+
+
+def _packed_tier(train: int | None, test: int | None) -> S.Tier:
+    # dataclasses.replace, not tier_with: tier_with ignores None values
+    return dataclasses.replace(
+        S.TIERS["smoke"], dataset="uint8-shards", train_per_class=train, test_per_class=test
+    )
+
+
+def test_subset_args_pass_only_the_limits_that_are_set() -> None:
+    # None means "every image": it must not reach the reader as an option
+    assert S.subset_args(_packed_tier(5, None)) == {"train_per_class": 5}
+    assert S.subset_args(_packed_tier(None, 3)) == {"test_per_class": 3}
+    assert S.subset_args(_packed_tier(None, None)) == {}
+
+
+# --------------------------------------------------------------------------- make_subset
+
+
+@pytest.fixture()
+def source(tmp_path: Path) -> Path:
+    return synthetic.write_fake_tiny_imagenet(
+        tmp_path / "data", num_classes=3, train_per_class=4, val_per_class=2, size=8
+    )
+
+
+def _counts(folder: Path) -> tuple[list[int], int]:
+    wnids = sorted((folder / "wnids.txt").read_text().split())
+    train = [len(os.listdir(folder / "train" / w / "images")) for w in wnids]
+    lines = (folder / "val" / "val_annotations.txt").read_text().splitlines()
+    return train, len(lines)
+
+
+def test_one_limit_alone_still_makes_a_subset(source: Path, tmp_path: Path) -> None:
+    # only both limits None keep the source as it is; one None keeps every image of that
+    # split only (3 classes x 4 train images, 3 classes x 2 val images in the source)
+    assert S.make_subset(source, tmp_path / "s", None, None) == source
+    train_only = S.make_subset(source, tmp_path / "s", 1, None)
+    assert train_only.name == f"{source.name}-train1-testall"
+    assert _counts(train_only) == ([1, 1, 1], 6)
+    test_only = S.make_subset(source, tmp_path / "s", None, 1)
+    assert test_only.name == f"{source.name}-trainall-test1"
+    assert _counts(test_only) == ([4, 4, 4], 3)
+
+
+def test_plan_only_names_the_folder(source: Path, tmp_path: Path) -> None:
+    # `study --plan` writes nothing
+    folder = S.make_subset(source, tmp_path / "s", 2, 1, build=False)
+    assert folder == tmp_path / "s" / f"{source.name}-train2-test1"
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_finished_subset_is_kept_and_a_half_built_one_redone(
+    source: Path, tmp_path: Path
+) -> None:
+    folder = S.make_subset(source, tmp_path / "s", 2, 1)
+    (folder / "kept.txt").write_text("a finished subset is not rebuilt\n")
+    assert S.make_subset(source, tmp_path / "s", 2, 1) == folder
+    assert (folder / "kept.txt").is_file()
+    # a build killed before its marker: the stale folder is removed and built again
+    (folder / ".figkd-complete").unlink()
+    assert S.make_subset(source, tmp_path / "s", 2, 1) == folder
+    assert not (folder / "kept.txt").exists()
+    assert _counts(folder) == ([2, 2, 2], 3)
+
+
+def test_annotation_lines_the_reader_accepts_are_kept(source: Path, tmp_path: Path) -> None:
+    # the reader skips blank lines and needs only "<file>\t<wnid>": such a file must give
+    # the same per-class counts (1 of the 2 val images of each of the 3 classes)
+    annotations = source / "val" / "val_annotations.txt"
+    short = ["\t".join(line.split("\t")[:2]) for line in annotations.read_text().splitlines()]
+    annotations.write_text("\n\n".join(short) + "\n")
+    folder = S.make_subset(source, tmp_path / "s", 2, 1)
+    kept = (folder / "val" / "val_annotations.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[1] for line in kept) == sorted(
+        (source / "wnids.txt").read_text().split()
+    )
+
+
+# --------------------------------------------------------------------------- locating the data
+
+
+def _unpackable_tar(path: Path) -> None:
+    """A tar holding ``tiny-imagenet-100a/wnids.txt``: all the unpacker checks."""
+    inner = path.parent / "content" / "tiny-imagenet-100a"
+    inner.mkdir(parents=True)
+    (inner / "wnids.txt").write_text("n01\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as archive:
+        archive.add(inner, arcname="tiny-imagenet-100a")
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # no $FIGKD_DATA and no ./data: the fallbacks are what is left
+    monkeypatch.delenv("FIGKD_DATA", raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+def test_without_a_root_the_cached_subset_folder_is_found(workdir: Path) -> None:
+    folder = workdir / ".cache" / "tiny-imagenet-100a"
+    folder.mkdir(parents=True)
+    (folder / "wnids.txt").write_text("n01\n")
+    assert S.locate_tiny_imagenet(None, workdir / "unpacked") == folder.resolve()
+
+
+def test_without_a_root_the_shared_tar_is_unpacked(workdir: Path) -> None:
+    # ../shared/data/tiny-imagenet-100a.tar beside the checkout, unpacked into the cache
+    _unpackable_tar(workdir.parent / "shared" / "data" / "tiny-imagenet-100a.tar")
+    found = S.locate_tiny_imagenet(None, workdir / "unpacked")
+    assert found == workdir / "unpacked" / "tiny-imagenet-100a"
+    assert (found / "wnids.txt").read_text() == "n01\n"
+
+
+def test_without_any_data_the_search_error_is_raised(workdir: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no dataset folder found"):
+        S.locate_tiny_imagenet(None, workdir / "unpacked")
+
+
+def test_a_tar_root_is_unpacked_and_another_file_is_not(workdir: Path) -> None:
+    tar = workdir / "in" / "tiny-imagenet-100a.tar"
+    _unpackable_tar(tar)
+    assert S.locate_tiny_imagenet(tar, workdir / "unpacked") == (
+        workdir / "unpacked" / "tiny-imagenet-100a"
+    )
+    # a file that is not a .tar is no dataset folder: reported as such, never opened as a tar
+    other = workdir / "in" / "tiny-imagenet.zip"
+    other.write_bytes(b"not a tar")
+    with pytest.raises(FileNotFoundError, match="no dataset folder found"):
+        S.locate_tiny_imagenet(other, workdir / "unpacked2")
+    assert not (workdir / "unpacked2").exists()
