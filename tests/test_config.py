@@ -139,7 +139,7 @@ def test_base_cycle_is_reported(tmp_path: Path) -> None:
         (["loss.name=kd", "loss.args.temprature=4"], "temprature"),
         (["model.args.depth=3"], "does not accept option(s) depth"),
         (["data.val_fraction=1.5"], "val_fraction"),
-        (["schedule.milestones=[5, 2]"], "increasing"),
+        (["schedule.milestones=[5, 2]"], "ascending order"),
         (["optim.name=lion"], "unknown optimizer 'lion'"),
     ],
 )

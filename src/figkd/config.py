@@ -3,9 +3,11 @@
 A config file is YAML whose keys mirror :class:`Config`.  It may name one or
 more ``base:`` files (merged first, deepest first, dicts merged key by key),
 and the command line adds ``key=value`` overrides (``optim.lr=0.01``,
-``loss.args.beta=4``).  Every key is checked against the dataclasses: a key
-that does not exist is an error with the nearest valid names, never ignored;
-values are coerced to the declared type or rejected.  Names of models, losses,
+``loss.args.beta=4``); their values are read as YAML, except that text settings
+(``experiment``, ``data.root``, ...) keep the text as typed.  Every key is checked
+against the dataclasses: a key that does not exist is an error with the nearest valid
+names, never ignored; values are coerced to the declared type or rejected (NaN and
+infinite optimizer settings too).  Names of models, losses,
 datasets, presets, optimizers and schedules are checked against their
 registries by :func:`validate_config`.
 
@@ -20,6 +22,7 @@ import copy
 import dataclasses
 import difflib
 import inspect
+import math
 import re
 import types
 import typing
@@ -288,14 +291,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return int(value)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if math.isnan(number):  # every comparison with NaN is False: bounds checks pass it
+            raise ConfigError(f"{where}: expected a number, got NaN")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -429,27 +437,63 @@ def read_yaml_with_bases(path: str | Path, _chain: tuple[Path, ...] = ()) -> dic
 # --------------------------------------------------------------------------- overrides
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01); the value is read as YAML."""
+def _split_override(text: str) -> tuple[list[str], str]:
+    """``"optim.lr=0.01"`` -> (["optim", "lr"], "0.01"), or a ConfigError showing the form."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(
             f"bad override {text!r}: write key=value with a dotted key, e.g. optim.lr=0.01"
         )
+    return key.split("."), raw
+
+
+def _yaml_value(raw: str) -> Any:
+    """The override text read as YAML; blank is None, unparsable text stays text."""
     try:
-        value = load_yaml(raw) if raw.strip() else None
+        return load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
+        return raw
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01); the value is read as YAML."""
+    path, raw = _split_override(text)
+    return path, _yaml_value(raw)
+
+
+#: what YAML reads as null; a text setting given one of these is unset (None)
+_YAML_NULLS = ("", "~", "null", "Null", "NULL")
+
+
+def _is_text(tp: Any) -> bool:
+    """``str`` or ``str | None``: settings whose value is text whatever it looks like."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return all(a is str or a is _NONE for a in args) and str in args
+
+
+def _text_value(raw: str) -> Any:
+    """An override of a text setting: its text as typed (YAML would read ``experiment=01`` as
+    the integer 1, ``1:30`` as 90 and ``2024_01`` as 202401); quotes and nulls still count."""
+    text = raw.strip()
+    if text in _YAML_NULLS:
+        return None
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return _yaml_value(text)
+    return text
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Set each ``key=value`` in ``data``; keys are checked against the schema."""
+    """Set each ``key=value`` in ``data``; keys are checked against the schema.
+
+    Values are read as YAML, except for text settings (``experiment``, ``data.root``,
+    ``teacher.sha256``, ...), which keep the text as typed.
+    """
     data = copy.deepcopy(data)
     for text in overrides:
-        path, value = parse_override(text)
-        _check_path(path)
+        path, raw = _split_override(text)
+        field_type = _check_path(path)
+        value = _text_value(raw) if _is_text(field_type) else _yaml_value(raw)
         node = data
         for part in path[:-1]:
             child = node.get(part)
@@ -460,18 +504,20 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-def _check_path(path: list[str]) -> None:
-    """Raise if ``path`` names no field; keys below a free-form ``args`` dict pass."""
+def _check_path(path: list[str]) -> Any:
+    """The annotation of the field ``path`` names (``Any`` below a free-form ``args`` dict,
+    checked by the registry later); raise if it names no field."""
     cls: Any = Config
     where = ""
     for part in path:
         if not dataclasses.is_dataclass(cls):
-            return  # inside a dict field (args): free-form, checked by the registry later
+            return Any
         fields = {f.name: f for f in dataclasses.fields(cls)}
         if part not in fields:
             raise _unknown_key(cls, part, where)
         cls = typing.get_type_hints(cls)[part]
         where = f"{where}.{part}" if where else part
+    return cls
 
 
 # --------------------------------------------------------------------------- loading
@@ -529,6 +575,13 @@ def default_lr(model_name: str) -> float:
 def _check_kwargs(
     kind: str, name: str, target: Any, args: Mapping[str, Any], reserved: Sequence[str]
 ) -> None:
+    # reserved names first: they are not in ``allowed``, so the unknown-option check would
+    # otherwise claim the model does not accept e.g. num_classes
+    clash = sorted(set(args) & set(reserved))
+    if clash:
+        raise ConfigError(
+            f"{kind} option(s) {', '.join(clash)} are set by figkd itself; remove them"
+        )
     params = inspect.signature(target).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
@@ -538,11 +591,6 @@ def _check_kwargs(
         raise ConfigError(
             f"{kind} {name!r} does not accept option(s) {', '.join(unknown)}; "
             f"accepted: {', '.join(allowed) or 'none'}"
-        )
-    clash = sorted(set(args) & set(reserved))
-    if clash:
-        raise ConfigError(
-            f"{kind} option(s) {', '.join(clash)} are set by figkd itself; remove them"
         )
 
 
@@ -622,10 +670,22 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"train.num_threads must be >= 1, got {cfg.train.num_threads}")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
+    finite = {
+        "optim.lr": cfg.optim.lr,
+        "optim.momentum": cfg.optim.momentum,
+        "optim.weight_decay": cfg.optim.weight_decay,
+        "schedule.gamma": cfg.schedule.gamma,
+    }
+    for key, number in finite.items():
+        if number is not None and math.isinf(number):
+            raise ConfigError(f"{key} must be a finite number, got {number}")
     if cfg.optim.lr is not None and cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if sorted(cfg.schedule.milestones) != cfg.schedule.milestones:
-        raise ConfigError(f"schedule.milestones must be increasing, got {cfg.schedule.milestones}")
+        raise ConfigError(
+            "schedule.milestones must be in ascending order (repeats allowed), "
+            f"got {cfg.schedule.milestones}"
+        )
     if cfg.schedule.gamma <= 0:
         raise ConfigError(f"schedule.gamma must be > 0 (the LR factor per milestone), got "
                           f"{cfg.schedule.gamma}")
