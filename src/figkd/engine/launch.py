@@ -31,7 +31,12 @@ def run_seeds(
     on_epoch_end: Callable[[int, EpochRecord], None] | None = None,
     prefix: str = "",
 ) -> list[dict[str, Any]]:
-    """Train ``cfg`` once per seed (``cfg.train.seed`` if ``seeds`` is empty); return summaries."""
+    """Train ``cfg`` once per seed (``cfg.train.seed`` if ``seeds`` is empty); return summaries.
+
+    A given ``loss`` is copied for each seed, so every seed starts from it as given: one
+    shared object would hand seed 1 whatever seed 0 trained into it (learned scales,
+    buffers), and seed 1 would no longer match a run of seed 1 alone.
+    """
     seeds = list(seeds) if seeds else [cfg.train.seed]
     summaries = []
     try:
@@ -47,7 +52,7 @@ def run_seeds(
                 run_dir_for(run_cfg, seed),
                 resume=resume,
                 overwrite=overwrite,
-                loss=loss,
+                loss=None if loss is None else copy.deepcopy(loss),
                 on_epoch_end=callback,
                 prefix=label,
             )
