@@ -232,16 +232,26 @@ class TeacherLogitCache:
     def compute(
         cls, teacher: nn.Module, batches: Any, size: int, device: torch.device
     ) -> TeacherLogitCache:
-        """Run ``teacher`` over ``batches`` of ``(images, sample_indices)``."""
+        """Run ``teacher`` over ``batches`` of ``(images, sample_indices)``; every index in
+        ``range(size)`` must come up, or rows of uninitialised memory would pose as logits."""
         teacher.eval()
         logits: Tensor | None = None
+        covered = torch.zeros(size, dtype=torch.bool, device=device)
         for images, index in batches:
             out = teacher(images.to(device)).float()
             if logits is None:
                 logits = torch.empty(size, out.shape[1], device=device)
             logits[index.to(device)] = out
+            covered[index.to(device)] = True
         if logits is None:
             raise ValueError("cannot cache teacher logits of an empty dataset")
+        missing = (~covered).nonzero().flatten()
+        if len(missing):
+            raise ValueError(
+                f"the teacher-logit cache saw {size - len(missing)} of {size} training images "
+                f"(first missing index {int(missing[0])}): the batches must cover every index "
+                "once (no drop_last, no sampler subset)"
+            )
         return cls(logits)
 
     def __call__(self, index: Tensor) -> Tensor:

@@ -53,7 +53,8 @@ def count_flops(model: ZooModel, input_size: int | tuple[int, int] | None = None
     The pass really runs on the model's device; a model on the ``meta`` device
     is counted from shapes alone, in milliseconds.
     """
-    was_training = model.training
+    # each module's own flag: ``model.train(flag)`` would also flip a BN kept in eval mode
+    modes = {module: module.training for module in model.modules()}
     model.eval()  # batch-1 BN statistics would fail on 1x1 maps in train mode
     try:
         param = next(model.parameters())
@@ -61,7 +62,8 @@ def count_flops(model: ZooModel, input_size: int | tuple[int, int] | None = None
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     return int(counter.get_total_flops())
 
 
