@@ -3,7 +3,8 @@
 The embedding is the input of each model's classifier, ``forward_features(x)["embedding"]``,
 on test images of the first ``classes`` classes (label order, up to ``per_class`` images
 each).  Each model gets its own 2D map from scikit-learn's ``TSNE`` (PCA initialisation,
-fixed ``random_state``); the silhouette score of the embedding by true class is reported
+so the map barely depends on ``random_state``: a deterministic picture, not one draw of
+many); the silhouette score of the embedding by true class is reported
 beside it as a number that does not depend on the projection.  Embeddings, coordinates and
 labels are saved beside the PNG (``tsne.npz``, ``tsne.json``).
 """
@@ -93,7 +94,7 @@ def tsne_figure(
         arrays[f"{name}__tsne"] = coords
         score = (
             float(silhouette_score(result["embedding"], labels))
-            if len(set(labels.tolist())) > 1
+            if 1 < len(set(labels.tolist())) < len(labels)  # else sklearn raises
             else float("nan")
         )
         record["models"][name] = {"run_dir": str(run.path), "silhouette": score}

@@ -152,7 +152,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", type=int, default=10, help="t-SNE: first N classes")
     parser.add_argument("--per-class", type=int, default=50, help="t-SNE: images per class")
     parser.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
-    parser.add_argument("--tsne-seed", type=int, default=0, help="t-SNE random_state")
+    parser.add_argument(
+        "--tsne-seed", type=int, default=0,
+        help="t-SNE random_state (PCA initialisation makes the map nearly independent of it)",
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads (torch, t-SNE); 1 suits shared cores"
     )
