@@ -1,0 +1,106 @@
+"""``figkd eval`` on figkd checkpoints and on plain state dicts: splits, shortcuts, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from figkd.cli import main
+from figkd.engine import load_weights_only
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epoch of tiny_cnn on digits with a 20 % validation split; its run folder."""
+    out = tmp_path_factory.mktemp("eval")
+    argv = [
+        "train", "model.name=tiny_cnn", "model.args.width=4", "data.dataset=digits",
+        "data.num_workers=0", "data.val_fraction=0.2", "train.epochs=1", "train.device=cpu",
+        "train.num_threads=1", "train.progress=none", "train.max_steps_per_epoch=3",
+        f"output_dir={out}", "experiment=run",
+    ]
+    assert main(argv) == 0
+    return out / "run" / "seed0"
+
+
+@pytest.fixture(scope="module")
+def bare_weights(trained: Path) -> Path:
+    """The same weights as a plain state dict, as other code bases save them: no config."""
+    path = trained.parent / "bare.pt"
+    torch.save(load_weights_only(trained / "checkpoints" / "last.pt")["model"], path)
+    return path
+
+
+def _error(capsys: pytest.CaptureFixture[str]) -> str:
+    return capsys.readouterr().err.strip()
+
+
+def test_json_result_matches_the_runs_own_test_score(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--json``: indented JSON whose top-1 is the one the trainer recorded for the epoch."""
+    assert main(["eval", str(trained / "checkpoints" / "last.pt"), "--json"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out)
+    summary = json.loads((trained / "summary.json").read_text())
+    assert result["top1"] == pytest.approx(summary["final"]["test"]["top1"])
+    assert (result["split"], result["dataset"], result["model"]) == ("test", "digits", "tiny_cnn")
+    assert out == json.dumps(result, indent=2) + "\n"
+
+
+def test_val_split_is_the_one_carved_at_training(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checkpoint's config carries ``val_fraction`` and ``val_seed``: the same images."""
+    assert main(["eval", str(trained / "checkpoints" / "last.pt"), "--split", "val",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    summary = json.loads((trained / "summary.json").read_text())
+    assert result["top1"] == pytest.approx(summary["best"]["val"]["top1"])
+
+
+def test_val_split_without_a_carved_val_set_is_refused(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["eval", str(trained / "checkpoints" / "last.pt"), "data.val_fraction=0",
+            "--split", "val"]
+    assert main(argv) == 2
+    assert _error(capsys) == "figkd eval: error: --split val needs data.val_fraction > 0"
+
+
+def test_a_bare_state_dict_needs_the_architecture(
+    bare_weights: Path, trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eval", str(bare_weights), "--dataset", "digits"]) == 2
+    assert _error(capsys) == (
+        f"figkd eval: error: {bare_weights} records no config: name the architecture with "
+        "--model and the dataset with --dataset"
+    )
+    # model.name as an override names it as well as --model does
+    argv = ["eval", str(bare_weights), "model.name=tiny_cnn", "model.args.width=4",
+            "--dataset", "digits", "--device", "cpu", "--json"]
+    assert main(argv) == 0
+    bare = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(trained / "checkpoints" / "last.pt"), "--json"]) == 0
+    assert bare["top1"] == json.loads(capsys.readouterr().out)["top1"]
+
+
+def test_data_root_shortcut_is_where_the_dataset_is_looked_for(
+    bare_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-cifar-here"
+    argv = ["eval", str(bare_weights), "--model", "tiny_cnn", "--dataset", "cifar100",
+            "--data-root", str(missing)]
+    assert main(argv) == 2
+    assert f"{missing} (missing)" in _error(capsys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_device_shortcut_reaches_the_config(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eval", str(trained / "checkpoints" / "last.pt"), "--device", "cuda"]) == 2
+    assert "no GPU is visible; use train.device=cpu" in _error(capsys)
