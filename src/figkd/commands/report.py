@@ -26,7 +26,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="RUNS",
         help="run folders (runs/<experiment>, or any folder above several)",
     )
-    parser.add_argument("--out", help="folder for report.md and report.csv (default: first RUNS)")
+    parser.add_argument(
+        "--out",
+        help="folder for report.md and report.csv (default: the first RUNS, or its folder "
+        "when it is a summary.json)",
+    )
     parser.add_argument("--format", choices=("md", "csv"), default="md", help="what to print")
     parser.add_argument("--no-write", action="store_true", help="print only; write no files")
 
@@ -38,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     rows = aggregate(summaries)
     print(to_markdown(rows) if args.format == "md" else to_csv(rows), end="")
     if not args.no_write:
-        md, csv_path = write_report(rows, Path(args.out or args.paths[0]))
+        first = Path(args.paths[0])  # a run folder, or one summary.json: then its folder
+        out = Path(args.out) if args.out else first.parent if first.is_file() else first
+        md, csv_path = write_report(rows, out)
         print(f"\nwrote {md} and {csv_path}")
     return 0
 
