@@ -31,6 +31,20 @@ def fake_cifar100(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+#: ``key=value`` overrides for one CPU epoch of tiny_cnn (width 4) on the bundled digits: the
+#: command-line twin of :func:`digits_config`; callers add the step count they need
+DIGITS_OVERRIDES = [
+    "model.name=tiny_cnn",
+    "model.args.width=4",
+    "data.dataset=digits",
+    "data.num_workers=0",
+    "train.epochs=1",
+    "train.device=cpu",
+    "train.num_threads=1",
+    "train.progress=none",
+]
+
+
 def tiny_run_overrides(root: Path) -> list[str]:
     """``key=value`` overrides that turn any shipped config into a two-step CPU run on ``root``."""
     return [

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from conftest import DIGITS_OVERRIDES
 
 from figkd.cli import main
 from figkd.models import create_model
@@ -133,18 +134,7 @@ def test_report_without_summaries_is_one_error_line(
 # --------------------------------------------------------------------------- figkd distill
 
 #: a distill run on the bundled digits that finishes in about a second on one CPU thread
-DIGITS = [
-    "data.dataset=digits",
-    "data.num_workers=0",
-    "train.device=cpu",
-    "train.num_threads=1",
-    "train.epochs=1",
-    "train.max_steps_per_epoch=2",
-    "train.progress=none",
-    "model.name=tiny_cnn",
-    "model.args.width=4",
-    "schedule.milestones=[0,0,0]",
-]
+DIGITS = [*DIGITS_OVERRIDES, "train.max_steps_per_epoch=2", "schedule.milestones=[0,0,0]"]
 
 
 def test_distill_teacher_option_is_a_shortcut_for_teacher_checkpoint(

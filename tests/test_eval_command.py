@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DIGITS_OVERRIDES
 
 from figkd.cli import main
 from figkd.engine import load_weights_only
@@ -16,12 +17,8 @@ from figkd.engine import load_weights_only
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One epoch of tiny_cnn on digits with a 20 % validation split; its run folder."""
     out = tmp_path_factory.mktemp("eval")
-    argv = [
-        "train", "model.name=tiny_cnn", "model.args.width=4", "data.dataset=digits",
-        "data.num_workers=0", "data.val_fraction=0.2", "train.epochs=1", "train.device=cpu",
-        "train.num_threads=1", "train.progress=none", "train.max_steps_per_epoch=3",
-        f"output_dir={out}", "experiment=run",
-    ]
+    argv = ["train", *DIGITS_OVERRIDES, "data.val_fraction=0.2", "train.max_steps_per_epoch=3",
+            f"output_dir={out}", "experiment=run"]
     assert main(argv) == 0
     return out / "run" / "seed0"
 

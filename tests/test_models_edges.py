@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 import torch
 import torch.nn.functional as F
+from functional_weights import Weights
 from torch import Tensor, nn
 
 from figkd.models import Features, ZooModel, count_parameters, create_model
@@ -156,28 +157,6 @@ def test_stage_block_counts() -> None:
 
 
 # --------------------------------------------------------- functional re-implementations
-class Weights:
-    """The model's parameters and buffers by state-dict key, remembering which were read."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.tensors = {k: v for k, v in model.state_dict().items()
-                        if not k.endswith("num_batches_tracked")}
-        self.read: set[str] = set()
-
-    def __getitem__(self, key: str) -> Tensor:
-        self.read.add(key)
-        return self.tensors[key]
-
-    def bn(self, x: Tensor, prefix: str) -> Tensor:
-        return F.batch_norm(
-            x, self[f"{prefix}.running_mean"], self[f"{prefix}.running_var"],
-            self[f"{prefix}.weight"], self[f"{prefix}.bias"], training=False, eps=1e-5,
-        )
-
-    def unread(self) -> set[str]:
-        return set(self.tensors) - self.read
-
-
 def prepared(name: str, seed: int) -> ZooModel:
     """float64, eval mode, with non-trivial BN statistics and affine parameters.
 

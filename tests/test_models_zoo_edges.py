@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from functional_weights import Weights
 from torch import Tensor, nn
 
 from figkd.models import MODELS, Features, ZooModel, count_macs, count_parameters, create_model
@@ -253,34 +254,6 @@ def test_default_input_sizes_give_the_published_macs() -> None:
 
 
 # --------------------------------------------------------- functional re-implementations
-class Weights:
-    """The model's parameters and buffers by state-dict key, remembering which were read."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.tensors = {k: v for k, v in model.state_dict().items()
-                        if not k.endswith("num_batches_tracked")}
-        self.read: set[str] = set()
-
-    def __getitem__(self, key: str) -> Tensor:
-        self.read.add(key)
-        return self.tensors[key]
-
-    def bn(self, x: Tensor, prefix: str) -> Tensor:
-        return F.batch_norm(
-            x, self[f"{prefix}.running_mean"], self[f"{prefix}.running_var"],
-            self[f"{prefix}.weight"], self[f"{prefix}.bias"], training=False, eps=1e-5,
-        )
-
-    def conv_bn(self, x: Tensor, prefix: str, conv_key: str, bn_key: str, stride: int = 1,
-                padding: int = 0, groups: int = 1) -> Tensor:
-        y = F.conv2d(x, self[f"{prefix}{conv_key}.weight"], stride=stride, padding=padding,
-                     groups=groups)
-        return self.bn(y, f"{prefix}{bn_key}")
-
-    def unread(self) -> set[str]:
-        return set(self.tensors) - self.read
-
-
 def prepared(name: str, seed: int, size: int, **kwargs: int) -> ZooModel:
     """float64, eval mode, with BN statistics that are neither the identity nor degenerate.
 

@@ -7,22 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DIGITS_OVERRIDES
 
 import figkd.commands.train as train_command
 from figkd.cli import main
 from figkd.engine.trainer import NonFiniteLossError, RunExistsError
 
-TINY = [
-    "model.name=tiny_cnn",
-    "model.args.width=4",
-    "data.dataset=digits",
-    "data.num_workers=0",
-    "train.epochs=1",
-    "train.device=cpu",
-    "train.num_threads=1",
-    "train.progress=none",
-    "train.max_steps_per_epoch=3",
-]
+TINY = [*DIGITS_OVERRIDES, "train.max_steps_per_epoch=3"]
 
 
 def _summary(run: Path) -> dict:

@@ -1,0 +1,38 @@
+"""A model's weights by state-dict key, for the float64 functional re-implementations in
+``test_models_edges.py`` and ``test_models_zoo_edges.py``: each reference reads the tensors it
+needs, and ``unread()`` then shows any layer the reference does not have."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Weights:
+    """The model's parameters and buffers by state-dict key, remembering which were read."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.tensors = {k: v for k, v in model.state_dict().items()
+                        if not k.endswith("num_batches_tracked")}
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Tensor:
+        self.read.add(key)
+        return self.tensors[key]
+
+    def bn(self, x: Tensor, prefix: str) -> Tensor:
+        """Eval-mode BatchNorm with the running statistics and PyTorch's default eps."""
+        return F.batch_norm(
+            x, self[f"{prefix}.running_mean"], self[f"{prefix}.running_var"],
+            self[f"{prefix}.weight"], self[f"{prefix}.bias"], training=False, eps=1e-5,
+        )
+
+    def conv_bn(self, x: Tensor, prefix: str, conv_key: str, bn_key: str, stride: int = 1,
+                padding: int = 0, groups: int = 1) -> Tensor:
+        """A bias-free conv followed by its BatchNorm (no activation)."""
+        y = F.conv2d(x, self[f"{prefix}{conv_key}.weight"], stride=stride, padding=padding,
+                     groups=groups)
+        return self.bn(y, f"{prefix}{bn_key}")
+
+    def unread(self) -> set[str]:
+        return set(self.tensors) - self.read
