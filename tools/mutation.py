@@ -198,7 +198,9 @@ def mutated_source(source: str, mutant: Mutant) -> str:
 
 def _scratch_copy() -> Path:
     scratch = Path(tempfile.mkdtemp(prefix="figkd-mutation-"))
-    ignore = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.egg-info", ".device", ".whl")
+    ignore = shutil.ignore_patterns(
+        ".venv", ".git", "runs", "__pycache__", "*.egg-info", ".device", ".whl", ".cache"
+    )
     shutil.copytree(REPO, scratch / "repo", ignore=ignore)
     shared = REPO.parent / "shared"
     if shared.exists():  # tests read ../shared beside the repository
