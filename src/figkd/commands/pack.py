@@ -32,18 +32,22 @@ def run(args: argparse.Namespace) -> int:
         from figkd.analysis.study import locate_tiny_imagenet
 
         root = locate_tiny_imagenet(root, Path(args.cache_dir))  # also unpacks a .tar
+    else:
+        from figkd.data.api import resolve_root
+
+        root = resolve_root(name, root)  # record the folder read, not the option (often unset)
     out = Path(args.out)
-    summary = {"dataset": name, "root": str(root), "size": args.size, "codec": args.codec,
-               "max_mib": args.max_mib, "splits": {}}
+    summary = {"dataset": name, "root": None if root is None else str(root), "size": args.size,
+               "codec": args.codec, "max_mib": args.max_mib, "splits": {}}
+    try:
+        from figkd.data import load_dataset
+
+        dataset_names = getattr(load_dataset(name, root, "test"), "class_names", None)
+    except Exception:  # noqa: BLE001 - the human-readable names are optional
+        dataset_names = None
     for split in args.splits:
         cache = build_uint8_cache(name, root, split, args.size, num_workers=args.workers)
         images = cache.images.permute(0, 2, 3, 1).contiguous().numpy()
-        try:
-            from figkd.data import load_dataset
-
-            dataset_names = getattr(load_dataset(name, root, "test"), "class_names", None)
-        except Exception:  # noqa: BLE001 - the human-readable names are optional
-            dataset_names = None
         paths = write_shards(out, split, images, cache.targets.numpy(), list(cache.classes),
                              max_mib=args.max_mib, codec=args.codec, block=args.block,
                              class_names=dataset_names)
