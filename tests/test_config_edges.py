@@ -167,10 +167,10 @@ def test_override_values_are_coerced_to_the_declared_type(
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("optim.lr=abc", "optim.lr: expected float | null, got 'abc'"),
+        ("optim.lr=abc", "optim.lr: expected a number, got 'abc' (or null)"),
         (
             "train.max_steps_per_epoch=2.5",
-            "train.max_steps_per_epoch: expected int | null, got 2.5",
+            "train.max_steps_per_epoch: expected an integer, got 2.5 (or null)",
         ),
         (
             "train.progress=loud",
@@ -199,7 +199,7 @@ def test_text_settings_refuse_booleans_from_files() -> None:
     """A YAML file's ``true`` under a text key is refused, not turned into "True"."""
     for data, message in (
         ({"output_dir": True}, "output_dir: expected a string, got True"),
-        ({"paper": {"note": True}}, "paper.note: expected str | null, got True"),
+        ({"paper": {"note": True}}, "paper.note: expected a string, got True (or null)"),
     ):
         with pytest.raises(ConfigError) as info:
             config_from_dict(data)
@@ -238,7 +238,7 @@ def test_text_overrides_keep_what_was_typed(
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("optim.lr=nan", "optim.lr: expected float | null, got 'nan'"),
+        ("optim.lr=nan", "optim.lr: expected a number, got NaN (or null)"),
         ("schedule.gamma=.nan", "schedule.gamma: expected a number, got NaN"),
         ("optim.lr=.inf", "optim.lr must be a finite number, got inf"),
         ("optim.momentum=-.inf", "optim.momentum must be a finite number, got -inf"),
@@ -256,6 +256,27 @@ def test_nan_and_infinite_optimizer_settings_are_refused(override: str, message:
 def test_an_unlimited_cache_size_is_allowed() -> None:
     """``teacher.cache_max_gb=.inf``: no size limit, a meaningful infinity."""
     assert load_config(None, ["teacher.cache_max_gb=.inf"]).teacher.cache_max_gb == float("inf")
+
+
+def test_numbers_in_text_settings_of_a_file_are_refused_with_the_fix() -> None:
+    """YAML has already turned ``experiment: 01`` into 1 when the file is read, so the text
+    cannot be recovered: refused, naming the key and how to quote it (was silently "1")."""
+    cases = (
+        ({"experiment": 1}, "experiment: expected text, got the number 1; YAML reads "
+         'unquoted 01, 1.10, 1:30 or 2024_01 as numbers, so quote it in the file '
+         '(experiment: "...") (or null)'),
+        ({"data": {"root": 202401}}, "data.root: expected text, got the number 202401; YAML "
+         'reads unquoted 01, 1.10, 1:30 or 2024_01 as numbers, so quote it in the file '
+         '(root: "...") (or null)'),
+        ({"model": {"name": 1.5}}, "model.name: expected text, got the number 1.5; YAML reads "
+         'unquoted 01, 1.10, 1:30 or 2024_01 as numbers, so quote it in the file '
+         '(name: "...")'),
+    )
+    for data, message in cases:
+        with pytest.raises(ConfigError) as info:
+            config_from_dict(data)
+        assert str(info.value) == message
+    assert config_from_dict(load_yaml('experiment: "01"')).experiment == "01"
 
 
 def test_plain_data_coercion_tuples_keys_and_copies() -> None:

@@ -7,7 +7,8 @@ and the command line adds ``key=value`` overrides (``optim.lr=0.01``,
 (``experiment``, ``data.root``, ...) keep the text as typed.  Every key is checked
 against the dataclasses: a key that does not exist is an error with the nearest valid
 names, never ignored; values are coerced to the declared type or rejected (NaN and
-infinite optimizer settings too).  Names of models, losses,
+infinite optimizer settings too, and a number where a file should give text: YAML has
+already read ``experiment: 01`` as 1, so the file must quote it).  Names of models, losses,
 datasets, presets, optimizers and schedules are checked against their
 registries by :func:`validate_config`.
 
@@ -257,7 +258,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as error:
                 errors.append(error)
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        if len(errors) == 1:  # ``X | None``: X's own message says more than the union's
+            raise ConfigError(f"{errors[0]} (or null)")
+        raise ConfigError(  # pragma: no cover - no field mixes two types today
+            f"{where}: expected {_type_name(tp)}, got {value!r}"
+        )
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -308,7 +313,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
+            # str(value) could not give back what was typed: YAML reads 01 as 1, 1:30 as 90
+            raise ConfigError(
+                f"{where}: expected text, got the number {value!r}; YAML reads unquoted 01, "
+                f"1.10, 1:30 or 2024_01 as numbers, so quote it in the file "
+                f"({where.rsplit('.', 1)[-1]}: \"...\")"
+            )
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     raise ConfigError(f"{where}: unsupported config type {_type_name(tp)}")  # pragma: no cover
 
