@@ -128,3 +128,11 @@ def test_tiny_cnn_widths_for_the_demo() -> None:
     assert teacher.in_channels == student.in_channels == 1
     with pytest.raises(ValueError, match="width"):
         create_model("tiny_cnn", width=0)
+
+
+def test_class_count_boundaries_and_the_cifar100_default() -> None:
+    """One class is the smallest valid head; 4.0 is the integer 4; without a count the model
+    is built for CIFAR-100, the paper's main benchmark (100 outputs)."""
+    assert create_model("resnet8", num_classes=1).fc.out_features == 1
+    assert create_model("resnet8", num_classes=4.0).fc.out_features == 4  # type: ignore[arg-type]
+    assert create_model("resnet8").fc.out_features == 100

@@ -44,3 +44,24 @@ def test_duplicate_names_are_refused() -> None:
     def entry() -> None: ...
 
     assert registry.get("decorated") is entry
+
+
+def _suggestions(names: list[str], query: str) -> str:
+    registry: Registry[int] = Registry("widget")
+    for number, name in enumerate(names):
+        registry.add(name, number)
+    with pytest.raises(UnknownNameError) as info:
+        registry.get(query)
+    # "unknown widget 'abcd'. Did you mean ...? Valid widget names: ..." -> the middle part
+    return str(info.value).split(f"{query!r}.", 1)[1].split(" Valid ", 1)[0].strip()
+
+
+def test_suggestions_are_the_three_closest_at_half_similarity_or_more() -> None:
+    """difflib's ratio is 2M/T: "abcd" vs "abc?" shares 3 of 8 letters -> 0.75, vs "abxy"
+    shares 2 -> 0.5 (just enough), vs "zzzz" none.  Ties go to the larger string, and at most
+    three names are offered."""
+    assert _suggestions(["abcv", "abcw", "abcx", "abcz"], "abcd") == (
+        "Did you mean 'abcz', 'abcx', 'abcw'?"
+    )
+    assert _suggestions(["abxy", "zzzz"], "abcd") == "Did you mean 'abxy'?"
+    assert _suggestions(["zzzz"], "abcd") == ""
