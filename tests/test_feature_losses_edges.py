@@ -8,25 +8,16 @@ the loss under test; the tests read only the networks' and the loss modules' par
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
+from numpy_reference import as_numpy, np_bn_train, np_ce, np_conv1x1
 from scipy.stats import norm
 
 from figkd.losses import build_loss
 from figkd.models import create_model
-from numpy_reference import as_numpy, np_ce, np_bn_train, np_conv1x1
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread avoids spin-wait overhead on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: no OpenMP spin
 
 
 def _pair(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:

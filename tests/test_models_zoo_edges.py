@@ -15,7 +15,6 @@ architecture, after the same formulas reproduce the published counts.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -41,12 +40,7 @@ B = 2
 NUM_CLASSES = 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: no OpenMP spin
 
 
 # ----------------------------------------------------------------- hand-derived counts
