@@ -1,11 +1,15 @@
-"""A model's weights by state-dict key, for the float64 functional re-implementations in
-``test_models_edges.py`` and ``test_models_zoo_edges.py``: each reference reads the tensors it
-needs, and ``unread()`` then shows any layer the reference does not have."""
+"""Shared pieces of the float64 functional re-implementations in ``test_models_edges.py`` and
+``test_models_zoo_edges.py``: the model's weights by state-dict key (each reference reads the
+tensors it needs, and ``unread()`` then shows any layer the reference does not have), and the
+comparison of a model's features with a reference's."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from figkd.models import Features, ZooModel
 
 
 class Weights:
@@ -36,3 +40,25 @@ class Weights:
 
     def unread(self) -> set[str]:
         return set(self.tensors) - self.read
+
+
+def close(actual: Tensor, expected: Tensor) -> None:
+    """Equal up to float64 rounding, relative to the largest value compared."""
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10 * scale)
+
+
+def check_features(model: ZooModel, x: Tensor, ref: Features) -> None:
+    """The model's logits and every ``forward_features`` entry equal the reference's."""
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        logits = model(x)
+    close(logits, ref["logits"])
+    for key in ("logits", "embedding", "pooled_map", "stem"):
+        close(feats[key], ref[key])  # type: ignore[literal-required]
+    assert len(feats["stages"]) == len(ref["stages"])
+    assert len(feats["preact_stages"]) == len(ref["preact_stages"])
+    for ours, theirs in zip(feats["stages"], ref["stages"], strict=True):
+        close(ours, theirs)
+    for ours, theirs in zip(feats["preact_stages"], ref["preact_stages"], strict=True):
+        close(ours, theirs)

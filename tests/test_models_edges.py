@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 import torch.nn.functional as F
-from functional_weights import Weights
+from functional_weights import Weights, check_features
 from torch import Tensor, nn
 
 from figkd.models import Features, ZooModel, count_parameters, create_model
@@ -176,28 +176,6 @@ def prepared(name: str, seed: int) -> ZooModel:
 def images(size: int, seed: int = 0) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(B, 3, size, size, generator=g, dtype=torch.float64)
-
-
-def close(actual: Tensor, expected: Tensor) -> None:
-    scale = expected.abs().max().item()
-    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10 * scale)
-
-
-def check_features(model: ZooModel, x: Tensor, ref: Features) -> None:
-    with torch.no_grad():
-        feats = model.forward_features(x)
-        logits = model(x)
-    close(logits, ref["logits"])
-    close(feats["logits"], ref["logits"])
-    close(feats["embedding"], ref["embedding"])
-    close(feats["pooled_map"], ref["pooled_map"])
-    close(feats["stem"], ref["stem"])
-    assert len(feats["stages"]) == len(ref["stages"])
-    assert len(feats["preact_stages"]) == len(ref["preact_stages"])
-    for ours, theirs in zip(feats["stages"], ref["stages"]):
-        close(ours, theirs)
-    for ours, theirs in zip(feats["preact_stages"], ref["preact_stages"]):
-        close(ours, theirs)
 
 
 def resnet_reference(w: Weights, x: Tensor, depth: int) -> Features:

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from functional_weights import Weights
+from functional_weights import Weights, check_features, close
 from torch import Tensor, nn
 
 from figkd.models import MODELS, Features, ZooModel, count_macs, count_parameters, create_model
@@ -289,27 +289,11 @@ def images(size: int, seed: int = 0, channels: int = 3, batch: int = B) -> Tenso
     return torch.randn(batch, channels, size, size, generator=g, dtype=torch.float64)
 
 
-def close(actual: Tensor, expected: Tensor) -> None:
-    assert actual.shape == expected.shape
-    scale = expected.abs().max().item()
-    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10 * scale)
-
-
-def check_features(model: ZooModel, x: Tensor, ref: Features) -> None:
-    # a degenerate net (saturated or dead units) would give every image the same logits
+def check_distinct_features(model: ZooModel, x: Tensor, ref: Features) -> None:
+    """The shared comparison, after making sure the reference is not degenerate: saturated or
+    dead units would give every image the same logits, and hide a wrong layer."""
     assert (ref["logits"][0] - ref["logits"][1]).abs().max() > 1e-3 * ref["logits"].abs().max()
-    with torch.no_grad():
-        feats = model.forward_features(x)
-        logits = model(x)
-    close(logits, ref["logits"])
-    for key in ("logits", "embedding", "pooled_map", "stem"):
-        close(feats[key], ref[key])  # type: ignore[literal-required]
-    assert len(feats["stages"]) == len(ref["stages"])
-    assert len(feats["preact_stages"]) == len(ref["preact_stages"])
-    for ours, theirs in zip(feats["stages"], ref["stages"]):
-        close(ours, theirs)
-    for ours, theirs in zip(feats["preact_stages"], ref["preact_stages"]):
-        close(ours, theirs)
+    check_features(model, x, ref)
 
 
 def shuffle(x: Tensor, groups: int) -> Tensor:
@@ -366,7 +350,7 @@ def test_shufflenetv1_equals_a_functional_reimplementation() -> None:
     ref = shufflev1_reference(w, x)
     assert w.unread() == set()
     assert all(bool((p < 0).any()) for p in ref["preact_stages"])
-    check_features(model, x, ref)
+    check_distinct_features(model, x, ref)
 
 
 def shufflev2_reference(w: Weights, x: Tensor) -> Features:
@@ -406,7 +390,7 @@ def test_shufflenetv2_equals_a_functional_reimplementation() -> None:
     ref = shufflev2_reference(w, x)
     assert w.unread() == set()
     assert all(bool((p < 0).any()) for p in ref["preact_stages"])
-    check_features(model, x, ref)
+    check_distinct_features(model, x, ref)
 
 
 def mobilenetv2_cifar_reference(w: Weights, x: Tensor) -> Features:
@@ -438,7 +422,7 @@ def test_mobilenetv2_cifar_equals_a_functional_reimplementation() -> None:
     w = Weights(model)
     ref = mobilenetv2_cifar_reference(w, x)
     assert w.unread() == set()
-    check_features(model, x, ref)
+    check_distinct_features(model, x, ref)
 
 
 def mobilenetv1_reference(w: Weights, x: Tensor) -> Features:
@@ -466,7 +450,7 @@ def test_mobilenetv1_equals_a_functional_reimplementation() -> None:
     ref = mobilenetv1_reference(w, x)
     assert w.unread() == set()
     assert [s.shape[1] for s in ref["stages"]] == [128, 256, 512, 1024]
-    check_features(model, x, ref)
+    check_distinct_features(model, x, ref)
 
 
 def bottleneck(w: Weights, h: Tensor, p: str, stride: int, shortcut: str | None) -> Tensor:
@@ -507,7 +491,7 @@ def test_resnet50_cifar_equals_a_functional_reimplementation() -> None:
     ref = resnet50_cifar_reference(w, x)
     assert w.unread() == set()
     assert all(bool((p < 0).any()) for p in ref["preact_stages"])
-    check_features(model, x, ref)
+    check_distinct_features(model, x, ref)
 
 
 def tiny_reference(w: Weights, x: Tensor) -> Features:
@@ -530,7 +514,7 @@ def test_tiny_cnn_equals_a_functional_reimplementation() -> None:
     ref = tiny_reference(w, x)
     assert w.unread() == set()
     assert [s.shape[-1] for s in ref["stages"]] == [4, 2]
-    check_features(model, x, ref)
+    check_distinct_features(model, x, ref)
 
 
 # ------------------------------------------------------------ torchvision as the reference
@@ -570,7 +554,7 @@ def test_imagenet_resnets_equal_torchvision(name: str, build: object) -> None:
     assert len(preacts) == 4 and all(bool((p < 0).any()) for p in preacts)
     ref = Features(stem=stem, stages=stages, preact_stages=preacts, pooled_map=stages[-1],
                    embedding=stages[-1].mean(dim=(2, 3)), logits=logits)
-    check_features(model, x, ref)
+    check_distinct_features(model, x, ref)
 
 
 def test_imagenet_mobilenetv2_equals_torchvision() -> None:
@@ -590,7 +574,7 @@ def test_imagenet_mobilenetv2_equals_torchvision() -> None:
     assert [s.shape[1] for s in stages] == [24, 32, 96, 320]
     ref = Features(stem=maps[0], stages=stages, preact_stages=stages, pooled_map=maps[-1],
                    embedding=maps[-1].mean(dim=(2, 3)), logits=logits)
-    check_features(model, x, ref)
+    check_distinct_features(model, x, ref)
 
 
 @pytest.mark.parametrize(("name", "build"), [
