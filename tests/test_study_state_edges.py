@@ -510,3 +510,91 @@ def test_show_names_each_runs_state_and_what_it_sends_or_keeps(
         "  unit/p/kd/seed0: partial at epoch 5; sends last.pt, best.pt",
         "  unit/teachers/t/seed0: partial at epoch 1; sends last.pt",
     ]
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+def _members(bundle: Path) -> dict[str, bytes]:
+    """A bundle's tar stream, parts joined by hand, as ``{name: bytes}``."""
+    joined = b"".join(p.read_bytes() for p in sorted(bundle.glob("state.tar.*")))
+    with tarfile.open(fileobj=io.BytesIO(joined)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def _three_bundle_limit(study: dict[str, Path]) -> int:
+    """Bytes that hold CE + teacher, then KD alone, then DKD alone (checked here)."""
+    ce = _cost(study["ce"], FINISHED)
+    teacher = _cost(study["teacher"], KILLED)
+    kd = _cost(study["kd"], [*KILLED, "checkpoints/best.pt"])
+    dkd = _cost(study["dkd"], [*KILLED, "checkpoints/best.pt"])
+    limit = 1024 + ce + teacher + 100  # tar end blocks + the first two runs, with 100 to spare
+    assert kd > 100 and 1024 + kd <= limit < 1024 + kd + dkd  # hence one run per later bundle
+    return limit
+
+
+def test_bundles_hold_whole_runs_in_priority_order_within_their_size(
+    study: dict[str, Path], tmp_path: Path
+) -> None:
+    root = study["root"]
+    limit = _three_bundle_limit(study)
+    first = state.export_state(root, tmp_path / "out", budget_mib=1.0, part_mib=1.0,
+                               bundle_mib=limit / MIB, say=lambda _: None)
+    assert first["bundles"] == ["bundle-00", "bundle-01", "bundle-02"]
+    assert not (tmp_path / "out" / "state.json").exists()
+    want = [["unit/p/ce/seed0", "unit/teachers/t/seed0"], ["unit/p/kd/seed0"], ["unit/p/dkd/seed0"]]
+    for name, paths in zip(first["bundles"], want):
+        bundle = tmp_path / "out" / name
+        manifest = json.loads((bundle / "state.json").read_text())
+        assert [r["path"] for r in manifest["runs"]] == paths
+        tar_bytes = sum(p.stat().st_size for p in bundle.glob("state.tar.*"))
+        assert tar_bytes <= limit + 10240  # tarfile pads the stream to 10240-byte records
+        members = _members(bundle)
+        assert set(members) == {f"{r['path']}/{n}" for r in manifest["runs"] for n in r["sent"]}
+        for member, content in members.items():
+            assert content == (root / member).read_bytes(), member
+
+
+def test_each_bundle_imports_on_its_own_and_together_they_equal_one_bundle(
+    study: dict[str, Path], tmp_path: Path
+) -> None:
+    root = study["root"]
+    state.export_state(root, tmp_path / "one", budget_mib=1.0, say=lambda _: None)
+    state.export_state(root, tmp_path / "many", budget_mib=1.0,
+                       bundle_mib=_three_bundle_limit(study) / MIB, say=lambda _: None)
+    bundles = sorted((tmp_path / "many").glob("bundle-*"))
+    assert len(bundles) == 3
+    # a session that lapsed after the first call back: its runs still import, whole
+    lapsed = state.import_state(bundles[0], tmp_path / "lapsed", say=lambda _: None)
+    assert lapsed.taken and lapsed.taken == [
+        r["path"] for r in json.loads((bundles[0] / "state.json").read_text())["runs"]]
+    state.import_state(tmp_path / "one", tmp_path / "a", say=lambda _: None)
+    for bundle in bundles:
+        state.import_state(bundle, tmp_path / "b", say=lambda _: None)
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+                if p.is_file() and not p.name.startswith(".")}
+
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+    assert len(files(tmp_path / "a")) == 3 + 3 + 4 + 4  # ce; teacher; kd and dkd with best.pt
+
+
+def test_a_run_larger_than_one_bundle_is_dropped_and_named(
+    study: dict[str, Path], tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    ce = _cost(study["ce"], FINISHED)
+    state.export_state(study["root"], tmp_path / "out", budget_mib=1.0,
+                       bundle_mib=(1024 + ce) / MIB, say=lines.append)
+    manifest = json.loads((tmp_path / "out" / "bundle-00" / "state.json").read_text())
+    assert [(r["path"], r["complete"]) for r in manifest["runs"]] == [
+        ("unit/p/ce/seed0", True), ("unit/teachers/t/seed0", False),
+        ("unit/p/kd/seed0", False), ("unit/p/dkd/seed0", False)]
+    assert manifest["bundles"] == ["bundle-00"]
+    assert "3 dropped" in lines[0] and "dropped: unit/teachers/t/seed0" in lines[1]
+
+
+def test_export_refuses_a_non_positive_bundle_size(study: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="bundle_mib must be positive, got 1.0, 15.0, 0.0"):
+        state.export_state(study["root"], tmp_path / "b", budget_mib=1.0, bundle_mib=0.0)

@@ -54,23 +54,5 @@ echo
 echo "repo (tracked + untracked-not-ignored): ${repo_mib} MiB; wheel: $(du -ck .whl/*.whl | tail -1 | awk '{printf "%.1f", $1/1024}') MiB"
 for p in $parts; do echo "  $DATA/$p: $(du -sk $DATA/$p | awk '{printf "%.1f", $1/1024}') MiB ($(ls $DATA/$p | tr '\n' ' '))"; done
 echo
-echo "Device calls, back to back (the machine goes back 30 s after a call; a fresh one has none of the parts):"
-n=0
-last=""
-for p in $parts; do last=$p; done
-for p in $parts; do
-  n=$((n + 1))
-  if [ $n -eq 1 ]; then
-    echo "  run(carry=[\".whl\", \"$DATA/$p\", \"$DATA/pack.json\"], timeout_s=120, command=\"true\")"
-    echo "      # or command=\"bash tools/device/throughput.sh\", timeout_s=300: the speed timing"
-  elif [ "$p" != "$last" ] || [ -d .device/state ]; then
-    echo "  run(carry=[\"$DATA/$p\"], timeout_s=120, command=\"true\")"
-  else
-    echo "  run(carry=[\"$DATA/$p\"], timeout_s=600, command=\"bash tools/device/short_tier.sh\")"
-  fi
-done
-if [ -d .device/state ]; then
-  echo "  run(carry=[\".device/state\"], timeout_s=600, command=\"bash tools/device/short_tier.sh\")   # continues the mirror"
-fi
-echo "Each short_tier call stops itself at 540 s and returns study.md, results.tar.gz and state/ in \$OUT."
-echo "Then, here: bash tools/device/collect.sh <files_at>   (merges state/ into .device/state for the next session)"
+"$PY" tools/device/calls.py
+echo "Each short_tier call stops itself at 540 s and returns study.md, results.tar.gz and state/ (bundle-00) in \$OUT."

@@ -4,19 +4,23 @@
 # machine stays warm.  See tools/device/README.md for the call sequence.
 #
 # Knobs (environment; the defaults are the device run, the CPU dry run overrides them):
-#   TIER=short  PARALLEL=6  AMP=bf16  LIMIT=540 (s, the study stops itself before the 600 s cap)
+#   TIER=short  PARALLEL=12  AMP=bf16  LIMIT=540 (s, the study stops itself before the 600 s cap)
+#   MPS=auto   start NVIDIA MPS (kernels of the parallel runs share the GPU instead of taking
+#              turns: benchmarks/results/gpu_concurrency.md) when a client can use it; MPS=off
 #   SHARDS=.device/tiny32   STUDY_OUT=.device/study   (both git-ignored, kept while warm)
 #   STUDY_ARGS="--epochs 2 --seeds 0 ..."   extra `figkd study` options (none on the device)
 #   OVERRIDES="train.channels_last=true teacher.cache=auto"   key=value for every run
 #   PY=python3   the interpreter (the device image's, which has torch)
 #   STATE_IN=.device/state   a carried `figkd state` folder to continue from (if present)
-#   STATE_MIB=59   the state returned in $OUT/state (parts of 15 MiB); the resnet32x4
-#                  teacher's last.pt alone is 56.9 MiB, and repo + state must carry in 64
+#   STATE_MIB=230  the whole state the mirror will hold (it travels out again over several
+#                  calls: tools/device/calls.py); BUNDLE_MIB=58: one bundle per call back, the
+#                  first in $OUT/state, the others left in OUTBOX=.device/outbox for fetch.sh
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-python3}
 TIER=${TIER:-short}
-PARALLEL=${PARALLEL:-6}
+PARALLEL=${PARALLEL:-12}
+MPS=${MPS:-auto}
 AMP=${AMP:-bf16}
 LIMIT=${LIMIT:-540}
 SHARDS=${SHARDS:-.device/tiny32}
@@ -25,7 +29,9 @@ STUDY_ARGS=${STUDY_ARGS:-}
 OVERRIDES=${OVERRIDES:-train.channels_last=true teacher.cache=auto}
 OUT=${OUT:-.device/out}
 STATE_IN=${STATE_IN:-.device/state}
-STATE_MIB=${STATE_MIB:-59}
+STATE_MIB=${STATE_MIB:-230}
+BUNDLE_MIB=${BUNDLE_MIB:-58}
+OUTBOX=${OUTBOX:-.device/outbox}
 mkdir -p "$OUT" "$STUDY_OUT"
 LOG=$STUDY_OUT/device.log
 started=$(date +%s)
@@ -65,6 +71,29 @@ if [ -d "$STATE_IN" ]; then
     || { echo "short_tier: importing $STATE_IN failed (see above)"; exit 4; }
 fi
 
+# NVIDIA MPS: without it the parallel runs' kernels take turns on the GPU.  Started only when
+# a client can use it (a probe under a timeout); otherwise the study runs as before.
+mps_env=()
+if [ "$MPS" = auto ] && command -v nvidia-cuda-mps-control >/dev/null; then
+  mps_env=(CUDA_MPS_PIPE_DIRECTORY=/tmp/figkd-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/figkd-mps/log)
+  mkdir -p /tmp/figkd-mps/pipe /tmp/figkd-mps/log
+  env "${mps_env[@]}" nvidia-cuda-mps-control -d 2>/dev/null
+  if env "${mps_env[@]}" timeout 60 "$PY" -c "import torch; torch.ones(1, device='cuda').add(1).item()" 2>/dev/null; then
+    export "${mps_env[@]}"
+    echo "short_tier: MPS on" | tee -a "$LOG"
+  else
+    echo quit | env "${mps_env[@]}" nvidia-cuda-mps-control 2>/dev/null
+    mps_env=()
+    echo "short_tier: MPS not usable here; the runs take turns on the GPU" | tee -a "$LOG"
+  fi
+fi
+# GPU load every 5 s, returned with the results (how full the parallel runs keep the GPU)
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,power.draw --format=csv -l 5 \
+    > "$STUDY_OUT/gpu.csv" 2>/dev/null &
+  smi=$!
+fi
+
 common=(--tier "$TIER" --dataset uint8-shards --data-root "$SHARDS" --out "$STUDY_OUT" --amp "$AMP")
 # shellcheck disable=SC2206
 extra=($STUDY_ARGS)
@@ -85,18 +114,26 @@ fi
 "$PY" -m figkd study "${items[@]}" "${common[@]}" "${extra[@]}" --report-only >/dev/null 2>>"$LOG"
 "$PY" -m figkd study "${items[@]}" "${common[@]}" "${extra[@]}" --plan > "$OUT/plan.txt" 2>&1
 
+[ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
+[ ${#mps_env[@]} -gt 0 ] && { echo quit | nvidia-cuda-mps-control >/dev/null 2>&1; }
+
 dir=$STUDY_OUT/$TIER
 # At most 8 files come back: study.md, results.tar.gz, state/state.json + <= 4 parts.
 [ -f "$dir/study.md" ] && cp "$dir/study.md" "$OUT/study.md"
-# What the next session needs to continue (teacher.pt, killed runs' last.pt, every summary).
-"$PY" -m figkd state export "$STUDY_OUT" "$OUT/state" --budget-mib "$STATE_MIB" --part-mib 15 \
-  2>&1 | tee -a "$LOG"
+# What the next session needs to continue (teacher.pt, killed runs' last.pt, every summary),
+# cut into bundles of one call back each, the most valuable first: bundle-00 goes back now,
+# fetch.sh returns the others (call it back to back while the machine is warm).
+rm -rf "$OUTBOX"
+"$PY" -m figkd state export "$STUDY_OUT" "$OUTBOX" --budget-mib "$STATE_MIB" --part-mib 15 \
+  --bundle-mib "$BUNDLE_MIB" 2>&1 | tee -a "$LOG"
+OUTBOX=$OUTBOX OUT=$OUT bash tools/device/fetch.sh 2>&1 | tee -a "$LOG"
 failed=$(grep -c '"status": "failed"' "$dir/study.json" 2>/dev/null)
 echo "== short_tier: exit $status after $(( $(date +%s) - started )) s; ${failed:-0} failed run(s) in study.json" | tee -a "$LOG"
 # Tables, the plan, the log, and every run's config/metrics/summary (no checkpoints).
 pack=$(mktemp -d)
 mkdir -p "$pack/results"
 for f in study.json report.csv report.md; do [ -f "$dir/$f" ] && cp "$dir/$f" "$pack/results/"; done
+[ -f "$STUDY_OUT/gpu.csv" ] && cp "$STUDY_OUT/gpu.csv" "$pack/results/"
 mv "$OUT/plan.txt" "$pack/results/plan.txt"
 tail -n 300 "$LOG" > "$pack/results/device_log_tail.txt"
 ( cd "$STUDY_OUT" && find "$TIER" \( -name checkpoints -o -name tensorboard -o -name logs -o -name data \) -prune -o -type f -print \

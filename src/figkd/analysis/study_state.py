@@ -16,6 +16,11 @@ receiver keeps whatever older state of it it has.  A file unchanged since the la
 :func:`import_state` into the exporting folder is *kept*: named with its SHA-256 but not
 re-sent, because the folder it was imported from still has it.
 
+With ``bundle_mib`` the export is cut into several *independent* bundles
+(``bundle-00/``, ``bundle-01/``... each with its own ``state.json``), runs in the order above
+and each run whole in one bundle, so that a call that returns only one bundle (the device
+returns 64 MiB a call) still brings back complete, importable runs, the most valuable first.
+
 :func:`import_state` merges a bundle (or a plain study folder) into a study folder.  A run is
 taken only when it is further along than the local copy (finished > killed at a later epoch
 > killed earlier > absent); every file is checked against its SHA-256 first, and a run is
@@ -267,21 +272,97 @@ def export_state(
     *,
     budget_mib: float = 58.0,
     part_mib: float = 15.0,
+    bundle_mib: float | None = None,
     say: Printer = print,
 ) -> dict[str, Any]:
-    """Write ``state.json`` and ``state.tar.NN`` parts of study folder ``root`` into ``dest``."""
+    """Write ``state.json`` and ``state.tar.NN`` parts of study folder ``root`` into ``dest``.
+
+    With ``bundle_mib``, write independent bundles ``dest/bundle-NN/`` of at most that many
+    MiB each instead (a run larger than one bundle is dropped); returns the first bundle's
+    manifest, whose ``"bundles"`` entry names them all.
+    """
     root, dest = Path(root), Path(dest)
     if not root.is_dir():
         raise FileNotFoundError(f"no study folder {root}")
-    if part_mib <= 0 or budget_mib <= 0:
-        raise ValueError(f"budget_mib and part_mib must be positive, got {budget_mib}, {part_mib}")
+    if part_mib <= 0 or budget_mib <= 0 or (bundle_mib is not None and bundle_mib <= 0):
+        raise ValueError(
+            f"budget_mib, part_mib and bundle_mib must be positive, got {budget_mib}, "
+            f"{part_mib}, {bundle_mib}"
+        )
     runs, tables, sizes = plan_export(root, int(budget_mib * MIB))
     dest.mkdir(parents=True, exist_ok=True)
     for old in [*dest.glob("state.tar.*"), dest / MANIFEST]:
         if old.is_file():
             old.unlink()
+    for old_bundle in dest.glob("bundle-*"):
+        if old_bundle.is_dir():
+            shutil.rmtree(old_bundle)
+    if bundle_mib is None:
+        groups = [[r for r in runs if r.complete]]
+        folders = [dest]
+    else:
+        groups = _split_bundles(runs, tables, sizes, int(bundle_mib * MIB))
+        folders = [dest / f"bundle-{i:02d}" for i in range(len(groups))]
+    manifests = []
+    for index, (group, folder) in enumerate(zip(groups, folders)):
+        listed = group + ([r for r in runs if not r.complete] if index == 0 else [])
+        manifests.append(_write_bundle(root, folder, tables if index == 0 else [], listed,
+                                       sizes, int(part_mib * MIB)))
+    if bundle_mib is not None:
+        manifests[0]["bundles"] = [f.name for f in folders]
+        _write_json(folders[0] / MANIFEST, manifests[0])
+    parts = [p for m in manifests for p in m["parts"]]
+    total = sum(p["bytes"] for p in parts)
+    dropped = [r.path for r in runs if not r.complete]
+    where = dest if bundle_mib is None else f"{len(folders)} bundle(s) in {dest}"
+    say(
+        f"state: {len(runs) - len(dropped)} run(s) carried "
+        f"({sum(r.status == 'finished' for r in runs if r.complete)} finished), "
+        f"{len(dropped)} dropped over the {budget_mib:g} MiB budget; {len(parts)} "
+        f"part(s), {total / MIB:.1f} MiB, in {where}"
+    )
+    for path in dropped:
+        say(f"  dropped: {path} (its progress since the last import is lost)")
+    return manifests[0]
+
+
+def _sent_bytes(run: RunState, sizes: dict[str, int]) -> int:
+    return sum(_tar_cost(sizes[f"{run.path}/{n}"]) for n in run.sent)
+
+
+def _split_bundles(
+    runs: list[RunState], tables: list[str], sizes: dict[str, int], limit: int
+) -> list[list[RunState]]:
+    """The carried runs cut, in priority order, into groups of at most ``limit`` tar bytes."""
+    groups: list[list[RunState]] = [[]]
+    used = 1024 + sum(_tar_cost(sizes[t]) for t in tables)
+    for run in runs:
+        if not run.complete:
+            continue
+        need = _sent_bytes(run, sizes)
+        if 1024 + need > limit:  # it could never travel in one call: dropped
+            run.complete, run.files, run.sent, run.kept = False, {}, [], []
+            continue
+        if used + need > limit and groups[-1]:
+            groups.append([])
+            used = 1024
+        groups[-1].append(run)
+        used += need
+    return groups
+
+
+def _write_bundle(
+    root: Path,
+    folder: Path,
+    tables: list[str],
+    runs: list[RunState],
+    sizes: dict[str, int],
+    part_bytes: int,
+) -> dict[str, Any]:
+    """One bundle: ``tables`` and the sent files of ``runs`` as one tar stream in parts."""
+    folder.mkdir(parents=True, exist_ok=True)
     members = list(tables) + [f"{r.path}/{n}" for r in runs if r.complete for n in r.sent]
-    writer = _PartWriter(dest, max(512, int(part_mib * MIB)))
+    writer = _PartWriter(folder, max(512, part_bytes))
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for rel in members:
             info = tarfile.TarInfo(rel)
@@ -298,17 +379,7 @@ def export_state(
         "tables": tables,
         "runs": [asdict(r) for r in runs],
     }
-    _write_json(dest / MANIFEST, manifest)
-    total = sum(p["bytes"] for p in manifest["parts"])
-    dropped = [r.path for r in runs if not r.complete]
-    say(
-        f"state: {len(runs) - len(dropped)} run(s) carried "
-        f"({sum(r.status == 'finished' for r in runs if r.complete)} finished), "
-        f"{len(dropped)} dropped over the {budget_mib:g} MiB budget; {len(writer.parts)} "
-        f"part(s), {total / MIB:.1f} MiB, in {dest}"
-    )
-    for path in dropped:
-        say(f"  dropped: {path} (its progress since the last import is lost)")
+    _write_json(folder / MANIFEST, manifest)
     return manifest
 
 

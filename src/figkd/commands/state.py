@@ -10,7 +10,10 @@ each fits a file limit): every run's config, metrics and summary, finished teach
 ``teacher.pt``, and killed runs' ``last.pt`` (teachers first, then the runs furthest along),
 then their ``best.pt``, while the state the receiver will hold stays within ``--budget-mib``
 (so it can travel out again).  Runs that do not fit are listed as dropped; files unchanged
-since the last import count towards the budget but are named, not re-sent.
+since the last import count towards the budget but are named, not re-sent.  With
+``--bundle-mib`` the state is cut into independent bundles ``DEST/bundle-NN`` (each run whole
+in one, the most valuable first), so a device that returns one bundle per call can return a
+state larger than one call, and a session that ends early still brings back whole runs.
 
 ``import`` takes a bundle or a plain study folder and keeps, run by run, whichever copy is
 further along, after checking every file's SHA-256.  Then ``figkd study`` with the same
@@ -29,7 +32,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.action == "export":
         study_state.export_state(
-            args.study, args.dest, budget_mib=args.budget_mib, part_mib=args.part_mib
+            args.study,
+            args.dest,
+            budget_mib=args.budget_mib,
+            part_mib=args.part_mib,
+            bundle_mib=args.bundle_mib,
         )
     elif args.action == "import":
         report = study_state.import_state(args.source, args.study)
@@ -54,6 +61,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--budget-mib", type=float, default=58.0,
                         help="size of the state the receiver holds afterwards, MiB")
     export.add_argument("--part-mib", type=float, default=15.0, help="size of one part, MiB")
+    export.add_argument(
+        "--bundle-mib", type=float, default=None,
+        help="cut the state into independent bundles DEST/bundle-NN of at most this many MiB "
+        "(one per device call back), the most valuable runs first; default: one bundle in DEST",
+    )
     merge = actions.add_parser(
         "import", help="merge a bundle or study folder into a study", formatter_class=HelpFormatter
     )
