@@ -263,17 +263,29 @@ def test_teacher_free_students_train_beside_the_teachers(
     batches: list[list[str]] = []
     original = S.execute
 
-    def recording(jobs, *args, **kwargs):  # noqa: ANN001, ANN202 - test double
+    def recording(jobs, *args, followers, **kwargs):  # noqa: ANN001, ANN202 - test double
         batches.append([job.label for job in jobs])
-        return original(jobs, *args, **kwargs)
+
+        def released(outcome):
+            jobs = followers(outcome)
+            batches.append([f"after {outcome.job.label}: {job.label}" for job in jobs])
+            return jobs
+
+        return original(jobs, *args, followers=released, **kwargs)
 
     monkeypatch.setattr(S, "execute", recording)
     manifest = S.run_study(study, say=lambda _: None)
     pair = tier.pairs[0].name
+    # the teacher ends first (a single slot runs the queue in order) and releases KD, which
+    # joins behind the CE runs; the CE runs release nothing
     assert batches == [
         [f"{pair}/teacher seed0", f"{pair}/ce seed0", f"{pair}/ce seed1"],
-        [f"{pair}/kd seed0", f"{pair}/kd seed1"],
+        [f"after {pair}/teacher seed0: {pair}/kd seed{k}" for k in (0, 1)],
+        [], [], [], [],
     ]
+    assert [r["run"] for r in manifest["runs"]] == [
+        f"{pair}/teacher seed0", f"{pair}/ce seed0", f"{pair}/ce seed1", f"{pair}/kd seed0",
+        f"{pair}/kd seed1"]
     assert [r["status"] for r in manifest["runs"]] == ["trained"] * 5
 
 

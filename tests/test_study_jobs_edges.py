@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -337,7 +338,8 @@ def test_the_subprocess_command_resumes_one_seed_of_the_config(
 
 
 class FakeExecute:
-    """Stands in for ``execute``: the first batch finishes the teacher as the test says."""
+    """Stands in for ``execute``: the first batch finishes the teacher as the test says; the
+    jobs ``followers`` releases for those outcomes are the second batch (maybe empty)."""
 
     def __init__(self, teacher: str, teacher_summary: bool, ce_fails: bool) -> None:
         self.teacher, self.teacher_summary, self.ce_fails = teacher, teacher_summary, ce_fails
@@ -345,6 +347,11 @@ class FakeExecute:
         self.weights = b"teacher weights"
 
     def __call__(self, jobs: list[S.Job], *args: Any, **kwargs: Any) -> list[S.Outcome]:
+        outcomes = self._run(jobs)
+        released = [j for outcome in outcomes for j in kwargs["followers"](outcome)]
+        return outcomes + self._run(released)
+
+    def _run(self, jobs: list[S.Job]) -> list[S.Outcome]:
         self.batches.append(list(jobs))
         outcomes = []
         for job in jobs:
@@ -443,3 +450,55 @@ def test_an_ablation_table_holds_the_default_and_its_own_variants_only(
     rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| FiGKD")]
     assert rows == ["| FiGKD bands=high (default)", "| FiGKD bands=low"]
     assert "| CE |" not in table  # a main method is not an ablation variant
+
+
+# --------------------------------------------------------------------------- followers
+
+
+def test_a_released_job_starts_while_the_rest_of_the_first_list_still_runs(
+    fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No barrier: KD, released when CE seed0 ends, takes the free slot while CE seed1 (given
+    in the first list) is still running.  With a barrier CE seed1 would wait in vain."""
+    ce0, ce1, _, kd0, _, _ = _jobs(fake_root, tmp_path)
+    kd_started = threading.Event()
+    seen: dict[str, bool] = {}
+
+    def run(job: S.Job, log_dir: Path, env: dict[str, str]) -> None:
+        if job is ce1:
+            seen["kd began while ce seed1 ran"] = kd_started.wait(timeout=20)
+        if job is kd0:
+            kd_started.set()
+
+    monkeypatch.setattr(S, "_run_subprocess", run)
+    released = {id(ce0): [kd0]}
+    outcomes = S.execute([ce0, ce1], 2, tmp_path / "logs", say=lambda _: None,
+                         followers=lambda outcome: released.get(id(outcome.job), []))
+    assert seen == {"kd began while ce seed1 ran": True}
+    assert [(o.job.label, o.status) for o in outcomes] == [
+        (f"{PAIR_NAME}/ce seed0", "trained"), (f"{PAIR_NAME}/ce seed1", "trained"),
+        (f"{PAIR_NAME}/kd seed0", "trained")]
+
+
+def test_a_finished_job_releases_its_followers_without_running(
+    fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ce0, _, _, kd0, kd1, _ = _jobs(fake_root, tmp_path)
+    _summary(ce0.run_dir, status="finished", epochs=2)
+    _summary(kd0.run_dir, status="finished", epochs=2, teacher={"sha256": "c" * 64})
+    ran: list[str] = []
+    monkeypatch.setattr(S, "_run_in_process", lambda job, say: ran.append(job.label))
+    asked: list[str] = []
+
+    def followers(outcome: S.Outcome) -> list[S.Job]:
+        asked.append(f"{outcome.job.label} {outcome.status}")
+        return [kd0, kd1] if outcome.job is ce0 else []
+
+    lines: list[str] = []
+    outcomes = S.execute([ce0], 1, tmp_path / "logs", say=lines.append, followers=followers)
+    assert asked == [f"{PAIR_NAME}/ce seed0 skipped", f"{PAIR_NAME}/kd seed0 skipped",
+                     f"{PAIR_NAME}/kd seed1 trained"]
+    assert ran == [f"{PAIR_NAME}/kd seed1"]
+    assert [o.status for o in outcomes] == ["skipped", "skipped", "trained"]
+    assert lines[:2] == ["  1 finished run(s) skipped", "  1 finished run(s) skipped"]
+    assert lines[2].startswith(f"  [1/1] {PAIR_NAME}/kd seed1: trained, no summary, ")

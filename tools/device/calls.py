@@ -105,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     if mirror.is_dir():
         items += pieces(mirror, room)
     calls = pack(first, items, room)
+    repo_mib = (args.call_mib * MIB - room) / MIB
     print(
-        f"Device calls, back to back (each carries the repo, {(args.call_mib * MIB - room) / MIB:.1f}"
-        " MiB, plus what it names; the machine goes back 30 s after a call):"
+        f"Device calls, back to back (each carries the repo, {repo_mib:.1f} MiB, plus what it "
+        "names; the machine goes back 30 s after a call):"
     )
     for number, call in enumerate(calls, 1):
         carry = ", ".join(f'"{Path(os.path.relpath(p, ROOT)).as_posix()}"' for p, _ in call)

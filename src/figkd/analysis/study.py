@@ -13,8 +13,10 @@ A *tier* fixes the data, the teacher -> student pairs, the schedule and the seed
 For every pair the study trains the teacher once (or reuses it: the teacher's run folder is
 named by a checksum of its result-relevant config, and its checkpoint's SHA-256 is pinned in
 every student config, so a changed teacher can never be mixed into a resumed student), then
-the students: CE, KD, DKD, DIST, MLKD (two views: the data layer gives weak + strong views
-because the loss declares ``num_views = 2``), KD with logit standardization and FiGKD, plus
+the students (the teacher-free CE beside the teachers; the others join the queue the moment
+their own teacher is ready, not after every first-round run): CE, KD, DKD, DIST, MLKD (two
+views: the data layer gives weak + strong views because the loss declares
+``num_views = 2``), KD with logit standardization and FiGKD, plus
 any FiGKD ablations asked for, over the tier's seeds.  Every run is an ordinary engine run
 (``runs/<...>/<pair>/<method>/seed<k>``, resumable with the engine's ``--resume``); the study
 only writes configs, launches them (in this process, or ``parallel`` subprocesses of
@@ -28,6 +30,7 @@ import copy
 import dataclasses
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -37,7 +40,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -544,16 +547,22 @@ def plan_study(
     return study
 
 
-def student_jobs(study: Study, teacher_sha256: dict[str, str], write: bool = True) -> list[Job]:
+def student_jobs(
+    study: Study, teacher_sha256: dict[str, str], write: bool = True, teacher_free: bool = True
+) -> list[Job]:
     """Student configs.  A distilled student is planned once its teacher exists (it pins the
-    teacher's SHA-256); a teacher-free one (CE) for every pair, teacher or not."""
+    teacher's SHA-256); a teacher-free one (CE) for every pair, teacher or not, unless
+    ``teacher_free`` is False."""
     from figkd.losses import LOSSES
 
     jobs = []
     tier = study.tier
     for pair in tier.pairs:
         for method in study.methods:
-            if LOSSES.get(method.loss).needs_teacher and pair.name not in teacher_sha256:
+            needs_teacher = LOSSES.get(method.loss).needs_teacher
+            if needs_teacher and pair.name not in teacher_sha256:
+                continue
+            if not needs_teacher and not teacher_free:
                 continue
             data = _base_config(
                 study, model=pair.student, args=pair.student_args, epochs=tier.epochs
@@ -689,33 +698,58 @@ def execute(
     log_dir: Path,
     say: Printer = print,
     gpus: Sequence[str] | None = None,
+    followers: Callable[[Outcome], Sequence[Job]] | None = None,
 ) -> list[Outcome]:
-    """Run ``jobs`` (skipping finished ones), ``parallel`` at a time in subprocesses when > 1."""
-    outcomes: list[Outcome] = []
-    todo = []
-    for job in jobs:
-        state = run_state(job.run_dir, job.config.train.epochs, job.config.teacher.sha256)
-        if state == "finished":
-            outcomes.append(Outcome(job, "skipped"))
-            continue
-        if state == "stale":
-            error = (
-                f"{job.run_dir} was distilled from another teacher than "
-                f"{job.config.teacher.checkpoint} (SHA-256 {job.config.teacher.sha256}); "
-                "delete it to train it again, or use another --out"
-            )
-            say(f"  {job.label}: FAILED: {error}")
-            outcomes.append(Outcome(job, "failed", error=error))
-            continue
-        if state == "new" and job.run_dir.exists():
-            shutil.rmtree(job.run_dir)  # killed before its first checkpoint: start clean
-        todo.append((job, "resumed" if state == "partial" else "trained"))
-    skipped = sum(o.status == "skipped" for o in outcomes)
-    if skipped:
-        say(f"  {skipped} finished run(s) skipped")
-    total = len(todo)
+    """Run ``jobs`` (skipping finished ones), ``parallel`` at a time in subprocesses when > 1.
 
-    def one(index: int, job: Job, status: str) -> Outcome:
+    ``followers(outcome)`` names the jobs that an ended job makes possible (a teacher's
+    distilled students); they join the queue at once, so they take the slots as soon as their
+    teacher is ready instead of waiting for every job given first.  Outcomes come back in
+    the order the jobs were given or joined.
+    """
+    outcomes: list[Outcome] = []
+    position: dict[int, int] = {}  # id(job) -> place in the queue, for the outcomes' order
+    known = {"total": 0}
+    starts = itertools.count()  # next() is atomic: the pool's threads share it
+
+    def settle(outcome: Outcome) -> list[tuple[Job, str]]:
+        """Record an outcome; returns the runnable jobs it releases."""
+        outcomes.append(outcome)
+        released = list(followers(outcome)) if followers is not None else []
+        return triage(released) if released else []
+
+    def triage(batch: Sequence[Job]) -> list[tuple[Job, str]]:
+        """Jobs to run, with "trained" or "resumed"; finished and stale ones settled here."""
+        todo: list[tuple[Job, str]] = []
+        done: list[Outcome] = []
+        for job in batch:
+            position.setdefault(id(job), len(position))
+            state = run_state(job.run_dir, job.config.train.epochs, job.config.teacher.sha256)
+            if state == "finished":
+                done.append(Outcome(job, "skipped"))
+                continue
+            if state == "stale":
+                error = (
+                    f"{job.run_dir} was distilled from another teacher than "
+                    f"{job.config.teacher.checkpoint} (SHA-256 {job.config.teacher.sha256}); "
+                    "delete it to train it again, or use another --out"
+                )
+                say(f"  {job.label}: FAILED: {error}")
+                done.append(Outcome(job, "failed", error=error))
+                continue
+            if state == "new" and job.run_dir.exists():
+                shutil.rmtree(job.run_dir)  # killed before its first checkpoint: start clean
+            todo.append((job, "resumed" if state == "partial" else "trained"))
+        skipped = sum(o.status == "skipped" for o in done)
+        if skipped:
+            say(f"  {skipped} finished run(s) skipped")
+        known["total"] += len(todo)
+        for outcome in done:
+            todo += settle(outcome)
+        return todo
+
+    def one(job: Job, status: str) -> Outcome:
+        index = next(starts)
         start = time.perf_counter()
         try:
             if parallel == 1:
@@ -727,22 +761,29 @@ def execute(
                 _run_subprocess(job, log_dir, env)
         except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
             outcome = Outcome(job, "failed", time.perf_counter() - start, str(error))
-            say(f"  [{index + 1}/{total}] {job.label}: FAILED: {error}")
+            say(f"  [{index + 1}/{known['total']}] {job.label}: FAILED: {error}")
             return outcome
         seconds = time.perf_counter() - start
         summary = _read_summary(job.run_dir)
         test = (summary or {}).get("final", {}).get("test", {}).get("top1")
         shown = f"test top-1 {test:.2f}" if test is not None else "no summary"
-        say(f"  [{index + 1}/{total}] {job.label}: {status}, {shown}, {seconds:.0f} s")
+        say(f"  [{index + 1}/{known['total']}] {job.label}: {status}, {shown}, {seconds:.0f} s")
         return Outcome(job, status, seconds)
 
+    queue = triage(jobs)
     if parallel == 1:
-        outcomes.extend(one(i, job, status) for i, (job, status) in enumerate(todo))
+        while queue:
+            job, status = queue.pop(0)
+            queue += settle(one(job, status))
     else:
         with ThreadPoolExecutor(max_workers=parallel) as pool:
-            futures = [pool.submit(one, i, job, status) for i, (job, status) in enumerate(todo)]
-            outcomes.extend(f.result() for f in futures)
-    return outcomes
+            # pool threads take jobs in submission order, which is the queue's
+            running = {pool.submit(one, job, status) for job, status in queue}
+            while running:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    running |= {pool.submit(one, j, st) for j, st in settle(future.result())}
+    return sorted(outcomes, key=lambda o: position[id(o.job)])
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -765,32 +806,42 @@ def prepare_caches(study: Study) -> None:
 
 
 def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = None) -> dict:
-    """Teachers together with the teacher-free students, then the distilled students;
-    returns the manifest written to study.json."""
+    """Teachers and the teacher-free students first; each teacher's distilled students join
+    the queue as soon as it is ready.  Returns the manifest written to study.json."""
+    from figkd.models.checkpoint import file_sha256
+
     start = time.perf_counter()
     logs = study.out / "logs"
     if study.parallel > 1:
         prepare_caches(study)
     unique = list({job.run_dir: job for job in study.teachers.values()}.values())  # shared once
+    pairs_of: dict[Path, list[str]] = {}
+    for pair in study.tier.pairs:
+        pairs_of.setdefault(study.teachers[pair.name].run_dir, []).append(pair.name)
+    shas: dict[str, str] = {}
+
+    def students_of(outcome: Outcome) -> list[Job]:
+        """A teacher's distilled students, pinned to its weights' SHA-256, once it finished."""
+        job = outcome.job
+        if job.method is not None or job.run_dir not in pairs_of:
+            return []
+        names = pairs_of[job.run_dir]
+        finished = run_state(job.run_dir, job.config.train.epochs) == "finished"
+        if outcome.status == "failed" or not finished:
+            for name in names:
+                say(f"  no teacher for {name}: its distilled students are left out")
+            return []
+        sha = file_sha256(teacher_weights(job.run_dir))
+        shas.update(dict.fromkeys(names, sha))
+        jobs = student_jobs(study, dict.fromkeys(names, sha), teacher_free=False)
+        say(f"distilled students of {' and '.join(names)} ({len(jobs)} runs) join the queue:")
+        return jobs
+
     # Students without a teacher (CE) need no teacher: they train beside the teachers, in the
     # slots a lone teacher leaves idle (on a briefly lent GPU, that is device time saved).
     free = student_jobs(study, {})
     say(f"teachers ({len(unique)}) and students without a teacher ({len(free)}):")
-    outcomes = execute([*unique, *free], study.parallel, logs, say, gpus)
-    shas: dict[str, str] = {}
-    from figkd.models.checkpoint import file_sha256
-
-    for pair in study.tier.pairs:
-        job = study.teachers[pair.name]
-        failed = any(o.status == "failed" and o.job.run_dir == job.run_dir for o in outcomes)
-        finished = run_state(job.run_dir, job.config.train.epochs) == "finished"
-        if not failed and finished:
-            shas[pair.name] = file_sha256(teacher_weights(job.run_dir))
-        else:
-            say(f"  no teacher for {pair.name}: its distilled students are left out")
-    jobs = [job for job in student_jobs(study, shas) if job.kind == "distill"]
-    say(f"distilled students ({len(jobs)} runs):")
-    outcomes += execute(jobs, study.parallel, logs, say, gpus)
+    outcomes = execute([*unique, *free], study.parallel, logs, say, gpus, followers=students_of)
     manifest = {
         "tier": study.tier.name,
         "teachers": {
