@@ -598,3 +598,42 @@ def test_a_run_larger_than_one_bundle_is_dropped_and_named(
 def test_export_refuses_a_non_positive_bundle_size(study: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bundle_mib must be positive, got 1.0, 15.0, 0.0"):
         state.export_state(study["root"], tmp_path / "b", budget_mib=1.0, bundle_mib=0.0)
+
+
+def test_tables_travel_in_the_first_bundle_only_and_count_towards_its_size(
+    study: dict[str, Path], tmp_path: Path
+) -> None:
+    root = study["root"]
+    (root / "unit" / "study.md").write_text("| method | top-1 |\n" * 40)  # 760 bytes
+    table = _tar_bytes(760)
+    ce = _cost(study["ce"], FINISHED)
+    teacher = _cost(study["teacher"], KILLED)
+    # exactly the tar end blocks + the table + CE + the teacher: all four fit, to the byte
+    exact = 1024 + table + ce + teacher
+    state.export_state(root, tmp_path / "exact", budget_mib=1.0, bundle_mib=exact / MIB,
+                       say=lambda _: None)
+    first = json.loads((tmp_path / "exact" / "bundle-00" / "state.json").read_text())
+    assert first["tables"] == ["unit/study.md"]
+    assert [r["path"] for r in first["runs"]] == ["unit/p/ce/seed0", "unit/teachers/t/seed0"]
+    for later in sorted((tmp_path / "exact").glob("bundle-0[1-9]")):
+        manifest = json.loads((later / "state.json").read_text())
+        assert manifest["tables"] == [] and "unit/study.md" not in _members(later)
+    assert _members(tmp_path / "exact" / "bundle-00")["unit/study.md"] == (
+        root / "unit" / "study.md").read_bytes()
+    # one byte less and the teacher moves to the next bundle: the table took its room
+    state.export_state(root, tmp_path / "short", budget_mib=1.0,
+                       bundle_mib=(exact - 1) / MIB, say=lambda _: None)
+    first = json.loads((tmp_path / "short" / "bundle-00" / "state.json").read_text())
+    assert [r["path"] for r in first["runs"]] == ["unit/p/ce/seed0"]
+
+
+def test_a_second_export_replaces_the_first_ones_bundles(
+    study: dict[str, Path], tmp_path: Path
+) -> None:
+    dest = tmp_path / "outbox"
+    state.export_state(study["root"], dest, budget_mib=1.0,
+                       bundle_mib=_three_bundle_limit(study) / MIB, say=lambda _: None)
+    assert len(list(dest.glob("bundle-*"))) == 3
+    (dest / "bundle-02" / "stray").write_text("left from the first export")
+    state.export_state(study["root"], dest, budget_mib=1.0, bundle_mib=1.0, say=lambda _: None)
+    assert sorted(p.name for p in dest.iterdir()) == ["bundle-00"]

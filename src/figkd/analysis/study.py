@@ -823,7 +823,7 @@ def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = N
     def students_of(outcome: Outcome) -> list[Job]:
         """A teacher's distilled students, pinned to its weights' SHA-256, once it finished."""
         job = outcome.job
-        if job.method is not None or job.run_dir not in pairs_of:
+        if job.run_dir not in pairs_of:  # not a teacher
             return []
         names = pairs_of[job.run_dir]
         finished = run_state(job.run_dir, job.config.train.epochs) == "finished"
