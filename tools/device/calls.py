@@ -123,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                 f'command="bash tools/device/short_tier.sh")   # {mib:.1f} MiB'
             )
     print(
+        "  if the lease's budget_left_s is then still over 240 (B): run(timeout_s=B-60, "
+        'command="LIMIT=<B-120> bash tools/device/short_tier.sh"); its export replaces the '
+        "first one's, so fetch after the last study call only"
+    )
+    print(
         '  then, while it says bundles are left: run(timeout_s=60, command="bash '
         'tools/device/fetch.sh")'
     )
