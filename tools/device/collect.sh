@@ -22,6 +22,7 @@ for FROM in "$@"; do
     [ -f "$FROM/study.md" ] && cp "$FROM/study.md" "$dest/"
     tar -xzf "$FROM/results.tar.gz" -C "$dest"
     echo "collect: tables and run records in $dest"
+    "$PY" tools/device/progress.py "$dest/results" || true   # how far each run got
   fi
   if [ -f "$FROM/state/state.json" ]; then
     "$PY" -m figkd state import "$FROM/state" "$MIRROR"   # checks every part and file SHA-256

@@ -709,7 +709,7 @@ def execute(
     """
     outcomes: list[Outcome] = []
     position: dict[int, int] = {}  # id(job) -> place in the queue, for the outcomes' order
-    known = {"total": 0}
+    total = 0  # runs to train known so far (followers add to it)
     starts = itertools.count()  # next() is atomic: the pool's threads share it
 
     def settle(outcome: Outcome) -> list[tuple[Job, str]]:
@@ -720,6 +720,7 @@ def execute(
 
     def triage(batch: Sequence[Job]) -> list[tuple[Job, str]]:
         """Jobs to run, with "trained" or "resumed"; finished and stale ones settled here."""
+        nonlocal total
         todo: list[tuple[Job, str]] = []
         done: list[Outcome] = []
         for job in batch:
@@ -743,7 +744,7 @@ def execute(
         skipped = sum(o.status == "skipped" for o in done)
         if skipped:
             say(f"  {skipped} finished run(s) skipped")
-        known["total"] += len(todo)
+        total += len(todo)
         for outcome in done:
             todo += settle(outcome)
         return todo
@@ -761,13 +762,13 @@ def execute(
                 _run_subprocess(job, log_dir, env)
         except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
             outcome = Outcome(job, "failed", time.perf_counter() - start, str(error))
-            say(f"  [{index + 1}/{known['total']}] {job.label}: FAILED: {error}")
+            say(f"  [{index + 1}/{total}] {job.label}: FAILED: {error}")
             return outcome
         seconds = time.perf_counter() - start
         summary = _read_summary(job.run_dir)
         test = (summary or {}).get("final", {}).get("test", {}).get("top1")
         shown = f"test top-1 {test:.2f}" if test is not None else "no summary"
-        say(f"  [{index + 1}/{known['total']}] {job.label}: {status}, {shown}, {seconds:.0f} s")
+        say(f"  [{index + 1}/{total}] {job.label}: {status}, {shown}, {seconds:.0f} s")
         return Outcome(job, status, seconds)
 
     queue = triage(jobs)
