@@ -132,7 +132,7 @@ def test_two_view_method_gets_paired_batches_from_the_pipeline(tmp_path: Path) -
         digits(tmp_path, "mv", train={"epochs": 2}), tmp_path / "run", loss=loss
     ).fit()
     assert loss.epochs == [1, 1, 1, 2, 2, 2]
-    assert summary["data_path"] == "torch"  # paired views come from the per-image pipeline
+    assert summary["data_path"] == "fast"  # paired views come batch-wise from the uint8 cache
     assert set(summary["final"]["train"]) == {"loss", "weak", "strong", "top1"}
 
 

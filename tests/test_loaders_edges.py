@@ -627,15 +627,18 @@ def test_build_data_torch_path_transforms_each_split_with_its_own_pipeline(
 
 
 def test_build_data_names_what_the_fast_path_cannot_do(tmp_path: Path) -> None:
-    fast = digits_config(tmp_path, "fast", data={"loader": "fast", "val_fraction": 0.0})
-    with pytest.raises(ValueError, match="'digits' cannot make a second view"):
-        build_data(fast, DistContext(), torch.device("cpu"), views=2)
     large = digits_config(tmp_path, "large", data={"loader": "fast", "preset": "fine-grained-224"})
     with pytest.raises(ValueError, match="is not a fixed-size preset; use data.loader=torch"):
         build_data(large, DistContext(), torch.device("cpu"))
-    auto = digits_config(tmp_path, "auto", data={"val_fraction": 0.0})
-    paired = build_data(auto, DistContext(), torch.device("cpu"), views=2)
-    assert paired.path == "torch" and not paired.fixed_train_inputs and paired.train_eval is None
+
+
+@pytest.mark.parametrize(("loader", "path"), [("auto", "fast"), ("fast", "fast"),
+                                              ("torch", "torch")])
+def test_both_paths_make_paired_views(tmp_path: Path, loader: str, path: str) -> None:
+    """Two views ride the fast path unless data.loader=torch asks for the DataLoader."""
+    cfg = digits_config(tmp_path, loader, data={"loader": loader, "val_fraction": 0.0})
+    paired = build_data(cfg, DistContext(), torch.device("cpu"), views=2)
+    assert paired.path == path and not paired.fixed_train_inputs
     (weak, strong), _, index = next(iter(paired.train.epoch(0)))
     # digits trains without geometry: the weak view is the normalised image itself
     pixels = build_uint8_cache("digits").images[index].numpy().astype(np.float32) / 16

@@ -15,11 +15,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from figkd.data.batch_randaugment import BatchRandAugment
 from figkd.data.cache import TensorImageCache
 from figkd.data.transforms import Preset, SmallImagePreset, get_preset
 
@@ -139,16 +141,60 @@ class BatchAugment:
         Geometry is one uint8 gather; then ``float().div(scale)`` (``ToTensor``) and
         ``sub(mean).div(std)`` (``Normalize``), the same float ops in the same order.
         """
-        x = images
-        if params:
-            _, _, height, width = x.shape
-            index = source_index(height, width, padding=self.spec.padding, device=x.device,
-                                 **params)
-            x = gather_pixels(x, index)
-        x = x.float().div_(self.scale)
+        return self.normalize(self.geometry(images, params), self.scale)
+
+    def geometry(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Rotation, crop and flip of a uint8 batch (unchanged when ``params`` is empty)."""
+        if not params:
+            return images
+        _, _, height, width = images.shape
+        index = source_index(height, width, padding=self.spec.padding, device=images.device,
+                             **params)
+        return gather_pixels(images, index)
+
+    def normalize(self, images: torch.Tensor, scale: float) -> torch.Tensor:
+        """uint8 -> ``float().div(scale)`` then the preset's ``Normalize``."""
+        x = images.float().div_(scale)
         mean = torch.as_tensor(self.spec.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.as_tensor(self.spec.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return x.sub_(mean).div_(std)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.apply(images, self.sample(images.shape[0], generator))
+
+
+class StrongBatchAugment:
+    """The batch version of a :class:`SmallImagePreset`'s ``strong()`` transform (MLKD).
+
+    Per image, as the per-image path composes it: the train geometry (its own draw, not
+    the weak view's), RandAugment, Cutout, then ``ToTensor`` and ``Normalize``.  The
+    RandAugment ops work on 0..255 pixels, so a cache of another ``scale`` (digits: 16)
+    goes through uint8 first exactly as the per-image path's float tensors do.
+    """
+
+    def __init__(self, preset: str | SmallImagePreset, scale: float = 255.0) -> None:
+        self.weak = BatchAugment(preset, train=True, scale=scale)
+        self.spec = self.weak.spec
+        self.scale = scale
+        self.randaugment = BatchRandAugment(num_ops=2, max_magnitude=10, cutout=self.spec.cutout)
+
+    def sample(self, batch: int, generator: torch.Generator) -> dict[str, dict[str, torch.Tensor]]:
+        """Geometry, then RandAugment + Cutout parameters, from the CPU generator."""
+        size = self.spec.size
+        return {
+            "geometry": self.weak.sample(batch, generator),
+            "randaugment": self.randaugment.sample(batch, size, size, generator),
+        }
+
+    def apply(
+        self, images: torch.Tensor, params: dict[str, dict[str, torch.Tensor]]
+    ) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> the normalised float32 strong view."""
+        x = self.weak.geometry(images, params["geometry"])
+        if self.scale != 255.0:  # the per-image RandAugment's float -> uint8 step
+            x = x.float().div_(self.scale).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+        x = self.randaugment.apply(x, params["randaugment"])
+        return self.weak.normalize(x, 255.0)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.apply(images, self.sample(images.shape[0], generator))
@@ -171,7 +217,10 @@ def intra_op_threads(count: int | None) -> Iterator[None]:
 class GPUBatchLoader:
     """Iterate ``(images, labels)`` batches from a :class:`TensorImageCache` on ``device``.
 
-    ``images`` are normalised float32 (B, C, H, W), ``labels`` int64. The cache is moved to
+    ``images`` are normalised float32 (B, C, H, W), ``labels`` int64; with ``views=2``
+    ``images`` is a ``(weak, strong)`` pair (:class:`StrongBatchAugment`, for MLKD), the
+    strong view's parameters drawn after the weak view's in each batch, so ``views=1``
+    streams stay as they were. The cache is moved to
     ``device`` once; each epoch's order and augmentation come from
     ``epoch_generator(seed, epoch)``. ``epoch`` starts at 0 and advances after each full
     pass; ``set_epoch`` pins it (as with ``DistributedSampler``). With ``num_replicas > 1``
@@ -197,9 +246,16 @@ class GPUBatchLoader:
         num_replicas: int = 1,
         rank: int = 0,
         cpu_threads: int | None = 1,
+        views: int = 1,
     ) -> None:
         self.augment = BatchAugment(preset, train=train, scale=cache.scale)
         spec = self.augment.spec
+        if views not in (1, 2) or (views == 2 and not train):
+            raise ValueError(
+                f"views={views}: the loader makes 1 view, or 2 (weak, strong) when train=True"
+            )
+        self.views = views
+        self.strong = StrongBatchAugment(spec, scale=cache.scale) if views == 2 else None
         if cache.image_size != (spec.size, spec.size):
             raise ValueError(
                 f"cache images are {cache.image_size} but preset {spec.name!r} expects "
@@ -251,22 +307,30 @@ class GPUBatchLoader:
             order = torch.cat([order, order[: padded - total]])[self.rank :: self.num_replicas]
         return order
 
-    def plan(
-        self, epoch: int | None = None
-    ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    def plan(self, epoch: int | None = None) -> Iterator[tuple[torch.Tensor, Any]]:
         """``(sample indices, augmentation params)`` of each batch of ``epoch`` (default: the
-        current one), on the CPU, without touching images: what ``__iter__`` will yield."""
+        current one), on the CPU, without touching images: what ``__iter__`` will yield.
+        With ``views=2`` the params are a ``(weak, strong)`` pair."""
         generator = epoch_generator(self.seed, self.epoch if epoch is None else epoch)
         order = self._order(generator)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
-            yield index, self.augment.sample(len(index), generator)
+            params = self.augment.sample(len(index), generator)
+            if self.strong is not None:
+                yield index, (params, self.strong.sample(len(index), generator))
+            else:
+                yield index, params
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
         for index, params in self.plan():
             with intra_op_threads(self.threads):
                 index = index.to(self.device)
-                images = self.augment.apply(self.images.index_select(0, index), params)
+                pixels = self.images.index_select(0, index)
+                if self.strong is not None:
+                    images: Any = (self.augment.apply(pixels, params[0]),
+                                   self.strong.apply(pixels, params[1]))
+                else:
+                    images = self.augment.apply(pixels, params)
                 labels = self.targets.index_select(0, index)
             yield (images, labels, params) if self.return_params else (images, labels)
         self.epoch += 1

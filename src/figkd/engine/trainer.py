@@ -68,6 +68,7 @@ RESUME_MAY_CHANGE = (
     "output_dir",
     "data.root",
     "data.num_workers",
+    "data.loader",  # the input path it resolves to is checked on its own (RunState.data_path)
     "train.device",
     "train.progress",
     "train.log_every",
@@ -326,7 +327,8 @@ class Trainer:
         set_deterministic(cfg.train.deterministic)
         seed_everything(cfg.train.seed)
         self._build(first_epoch=checkpoint["state"]["epoch"] + 1 if checkpoint else 1)
-        state = self._restore(checkpoint) if checkpoint is not None else RunState()
+        state = (self._restore(checkpoint) if checkpoint is not None
+                 else RunState(data_path=self.data.path))
         if ctx.is_main:
             self.dir.create()
             save_config(cfg, self.dir.config)
@@ -444,6 +446,7 @@ class Trainer:
                 "is not the one the run started with "
                 f"({state.teacher_sha256})"
             )
+        self._check_data_path(state)
         self.student.load_state_dict(checkpoint["model"])
         self.loss.load_state_dict(checkpoint.get("loss", {}))  # connectors, memory banks, peers
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -454,6 +457,23 @@ class Trainer:
             self.dir.truncate_metrics(state.epoch)
             self._settle_best(state)
         return state
+
+    def _check_data_path(self, state: RunState) -> None:
+        """Refuse to continue a run on another input path than the one it trained on.
+
+        Checkpoints written before the path was recorded trained two-view methods
+        (MLKD) on the DataLoader path: that was the only path able to make two views.
+        """
+        saved = state.data_path
+        if saved is None and num_views(self.loss) == 2:
+            saved = "torch"
+        if saved is not None and saved != self.data.path:
+            raise ValueError(
+                f"cannot resume {self.dir.path}: it trained on the {saved!r} input path and "
+                f"this config resolves to {self.data.path!r}, whose augmentation draws differ; "
+                f"resume with data.loader={saved}, or start a new run"
+            )
+        state.data_path = self.data.path
 
     def _settle_best(self, state: RunState) -> None:
         """Finish or drop a ``best.pt`` left pending by a kill inside ``_end_epoch``.
@@ -642,6 +662,9 @@ class RunState:
     teacher_eval: dict[str, float] | None = None
     teacher_sha256: str | None = None
     resumed: int = 0
+    #: the input path the run trains on ("fast" / "torch"): the two draw different
+    #: augmentation streams, so a resumed run must keep its own
+    data_path: str | None = None
 
 
 def _setup_method(
