@@ -111,8 +111,8 @@ if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
   echo "== short_tier: stopped at the ${LIMIT}s limit; call again to resume" | tee -a "$LOG"
 fi
 # The table of whatever has finished so far (a full run wrote it already; this is cheap).
-"$PY" -m figkd study "${items[@]}" "${common[@]}" "${extra[@]}" --report-only >/dev/null 2>>"$LOG"
-"$PY" -m figkd study "${items[@]}" "${common[@]}" "${extra[@]}" --plan > "$OUT/plan.txt" 2>&1
+"$PY" -m figkd study "${items[@]}" "${common[@]}" --parallel "$PARALLEL" "${extra[@]}" --report-only >/dev/null 2>>"$LOG"
+"$PY" -m figkd study "${items[@]}" "${common[@]}" --parallel "$PARALLEL" "${extra[@]}" --plan > "$OUT/plan.txt" 2>&1
 
 [ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
 [ ${#mps_env[@]} -gt 0 ] && { echo quit | nvidia-cuda-mps-control >/dev/null 2>&1; }
