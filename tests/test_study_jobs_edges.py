@@ -502,3 +502,30 @@ def test_a_finished_job_releases_its_followers_without_running(
     assert [o.status for o in outcomes] == ["skipped", "skipped", "trained"]
     assert lines[:2] == ["  1 finished run(s) skipped", "  1 finished run(s) skipped"]
     assert lines[2].startswith(f"  [1/1] {PAIR_NAME}/kd seed1: trained, no summary, ")
+
+
+def test_students_with_the_most_epochs_left_go_first(
+    fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A continued study starts the runs that have not begun (here FiGKD) before the nearly
+    done ones; equals keep the plan's order (method, then seed)."""
+    import torch
+
+    study = S.plan_study(_tier(epochs=10), tmp_path / "out", fake_root,
+                         methods=_methods("kd", "dkd", "figkd"))
+    jobs = S.student_jobs(study, {PAIR_NAME: "0" * 64}, teacher_free=False)
+    by_label = {job.label.split("/")[1]: job for job in jobs}
+
+    def killed_at(label: str, epoch: int) -> None:
+        run = by_label[label].run_dir
+        (run / "checkpoints").mkdir(parents=True)
+        torch.save({"epoch": epoch, "model": {}}, run / "checkpoints" / "last.pt")
+
+    killed_at("kd seed4", 7)  # 3 left
+    killed_at("kd seed7", 2)  # 8 left
+    killed_at("dkd seed4", 2)  # 8 left
+    _summary(by_label["dkd seed7"].run_dir, status="finished", epochs=10)  # 0 left
+    assert [S.epochs_left(by_label[k]) for k in ("kd seed4", "kd seed7", "dkd seed7")] == [3, 8, 0]
+    order = [job.label.split("/")[1] for job in S.most_epochs_left_first(jobs)]
+    assert order == ["figkd seed4", "figkd seed7", "kd seed7", "dkd seed4", "kd seed4",
+                     "dkd seed7"]

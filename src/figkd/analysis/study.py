@@ -806,6 +806,26 @@ def prepare_caches(study: Study) -> None:
         )
 
 
+def epochs_left(job: Job) -> int:
+    """Epochs ``job`` still has to train (its run folder's ``last.pt`` / ``summary.json``)."""
+    from figkd.analysis.study_state import run_progress  # study_state imports this module
+
+    status, epoch = run_progress(job.run_dir)
+    total = job.config.train.epochs
+    return 0 if status == "finished" else max(total - epoch, 0)
+
+
+def most_epochs_left_first(jobs: Sequence[Job]) -> list[Job]:
+    """``jobs`` with the most epochs left first, the given order among equals.
+
+    When a study continues over several sessions, the students of one teacher are at
+    different epochs; starting the longest first shortens the whole (the longest-processing-
+    time rule) and starts the runs that have not begun (e.g. FiGKD after a cut) at once
+    instead of after the nearly done ones."""
+    left = {job.run_dir: epochs_left(job) for job in jobs}
+    return sorted(jobs, key=lambda job: left[job.run_dir], reverse=True)  # stable
+
+
 def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = None) -> dict:
     """Teachers and the teacher-free students first; each teacher's distilled students join
     the queue as soon as it is ready.  Returns the manifest written to study.json."""
@@ -834,7 +854,8 @@ def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = N
             return []
         sha = file_sha256(teacher_weights(job.run_dir))
         shas.update(dict.fromkeys(names, sha))
-        jobs = student_jobs(study, dict.fromkeys(names, sha), teacher_free=False)
+        jobs = most_epochs_left_first(student_jobs(study, dict.fromkeys(names, sha),
+                                                   teacher_free=False))
         say(f"distilled students of {' and '.join(names)} ({len(jobs)} runs) join the queue:")
         return jobs
 
