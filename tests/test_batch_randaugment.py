@@ -184,3 +184,79 @@ def test_cuda_equals_cpu_without_syncs() -> None:
     assert torch.equal(out.cpu(), expected)
     for name, result in forced_out.items():
         assert torch.equal(result.cpu(), augment.apply(images[:20], forced(name, 20, 32, 32))), name
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 5), (1, 5, 2), (3, 3, 3)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_tiny_images_follow_torchvision_too(name: str, shape: tuple[int, int, int]) -> None:
+    """At 2 pixels torchvision's sharpness leaves the image alone; at 3 it blurs the centre."""
+    channels, height, width = shape
+    images = make_images(20, channels, height, width, seed=5)
+    params = forced(name, 20, height, width)
+    out = BatchRandAugment(num_ops=1).apply(images, params)
+    for i in range(20):
+        magnitude = int(params["level"][i, 0]) / 10
+        expected = reference(images[i], name, magnitude, float(params["sign"][i, 0]))
+        assert torch.equal(out[i], expected), (name, shape, i)
+
+
+def test_cutout_boxes_follow_the_recipe() -> None:
+    """Centre uniform over the image, side U * cutout * min(H, W), clipped at the border.
+
+    Worked by hand for H = 24, W = 40, cutout 0.5 (side s = 12 U1, centre (40 U2, 24 U3)):
+    the start floor(centre - s / 2) is column 0 when 40 U2 < 6 U1 + 1, P = E[(6 U1 + 1) / 40]
+    = 0.1, and row 0 when 24 U3 < 6 U1 + 1, P = 4 / 24 (sd <= 0.003 over 20,000 boxes).  The
+    box reaches the far column when x0 + s >= 40, i.e. 40 U2 >= 40 - s / 2 + F with F the
+    fraction floor() drops (uniform): P = E[(6 U1 - F)+] / 40 = (2.5 + 1/36) / 40 = 0.0632.
+    A box clipped at neither end spans floor(s) pixels, since its start is a whole pixel.
+    """
+    params = BatchRandAugment().sample(20_000, 24, 40, torch.Generator().manual_seed(8))
+    x0, y0, x1, y1 = params["box"].unbind(1)
+    side = params["side"]
+    assert abs((x0 == 0).double().mean().item() - 0.1) < 0.008
+    assert abs((y0 == 0).double().mean().item() - 4 / 24) < 0.01
+    inside_x = (x0 > 0) & (x0 + side <= 40)
+    inside_y = (y0 > 0) & (y0 + side <= 24)
+    assert inside_x.sum() > 15_000 and inside_y.sum() > 12_000
+    assert torch.equal((x1 - x0)[inside_x], side[inside_x].floor().long())
+    assert torch.equal((y1 - y0)[inside_y], side[inside_y].floor().long())
+    assert abs((x1 == 40).double().mean().item() - 0.0632) < 0.008
+    # the two centre coordinates are drawn independently (one shared draw: correlation ~0.9)
+    centres = torch.stack([(x0 + x1).double(), (y0 + y1).double()])
+    assert abs(torch.corrcoef(centres)[0, 1].item()) < 0.03
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"num_ops": -1}, {"max_magnitude": 0}, {"prob": -0.1}, {"prob": 1.1}, {"cutout": -0.1},
+    {"cutout_fill": -1}, {"cutout_fill": 256}, {"fill": -1}, {"fill": 256},
+])
+def test_bad_settings_raise(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        BatchRandAugment(**kwargs)  # type: ignore[arg-type]
+
+
+def test_boundary_settings_are_accepted() -> None:
+    """The edges of each range are valid: no ops, one level, never/always fire, no Cutout."""
+    images = make_images(4, 3, 8, 8)
+    for kwargs in ({"num_ops": 0}, {"max_magnitude": 1}, {"prob": 0.0}, {"prob": 1.0},
+                   {"cutout": 0.0}, {"cutout_fill": 0, "fill": 0},
+                   {"cutout_fill": 255, "fill": 255}):
+        augment = BatchRandAugment(**kwargs)  # type: ignore[arg-type]
+        out = augment(images, torch.Generator().manual_seed(0))
+        assert out.shape == images.shape
+    still = BatchRandAugment(prob=0.0, cutout=0.0)(images, torch.Generator().manual_seed(0))
+    assert torch.equal(still, images)
+
+
+@pytest.mark.parametrize("batch, height, width", [(-1, 8, 8), (2, 0, 8), (2, 8, 0)])
+def test_sample_refuses_impossible_sizes(batch: int, height: int, width: int) -> None:
+    with pytest.raises(ValueError, match="batch >= 0 and a positive image size"):
+        BatchRandAugment().sample(batch, height, width, torch.Generator())
+
+
+def test_sample_accepts_an_empty_batch_and_one_pixel_images() -> None:
+    empty = BatchRandAugment().sample(0, 8, 8, torch.Generator())
+    assert empty["op"].shape == (0, 2)
+    one = BatchRandAugment().sample(3, 1, 1, torch.Generator().manual_seed(1))
+    assert one["box"][:, 2:].le(1).all()

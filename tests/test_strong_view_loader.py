@@ -108,3 +108,28 @@ def test_cuda_views_equal_cpu_views() -> None:
     for ((w0, s0), y0), ((w1, s1), y1) in zip(cpu, gpu, strict=True):
         assert torch.equal(w0, w1.cpu()) and torch.equal(s0, s1.cpu())
         assert torch.equal(y0, y1.cpu())
+
+
+def test_the_batched_recipe_has_the_per_image_recipes_settings() -> None:
+    """Same op count, magnitude scale, firing rate and Cutout size as ``preset.strong()``."""
+    from figkd.data.batch_loader import StrongBatchAugment
+    from figkd.data.randaugment import Cutout, RandAugment
+
+    for preset in ("cifar", "tiny-imagenet-32", "digits"):
+        steps = get_preset(preset).strong().transforms
+        per_image = next(t for t in steps if isinstance(t, RandAugment))
+        cutout = next(t for t in steps if isinstance(t, Cutout))
+        batched = StrongBatchAugment(preset).randaugment
+        assert (batched.num_ops, batched.max_magnitude, batched.prob) == (
+            per_image.num_ops, per_image.max_magnitude, per_image.prob)
+        assert (batched.cutout, batched.cutout_fill) == (cutout.max_fraction, cutout.fill)
+
+
+def test_calling_the_strong_augment_samples_the_batch_it_is_given() -> None:
+    from figkd.data.batch_loader import StrongBatchAugment
+
+    images = _cache(12, 3, 32).images
+    augment = StrongBatchAugment("cifar")
+    called = augment(images, torch.Generator().manual_seed(6))
+    params = augment.sample(12, torch.Generator().manual_seed(6))
+    assert torch.equal(called, augment.apply(images, params))

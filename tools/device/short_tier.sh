@@ -64,6 +64,9 @@ then
   exit 3
 fi
 
+# MLKD's batched strong view on this GPU against the CPU (a few seconds; reports only)
+timeout 60 "$PY" tools/device/check_strong_view.py 2>&1 | tail -n 3 | tee -a "$LOG"
+
 # Progress of earlier sessions (carried from here by collect.sh's mirror): run by run, the
 # further-along copy wins, so importing again on a warm machine changes nothing.
 if [ -d "$STATE_IN" ]; then
