@@ -46,6 +46,15 @@ def header(title: str, script: str, device: torch.device) -> list[str]:
     ]
 
 
+def emit(lines: list[str], out: str | None) -> int:
+    """Print the report and, with ``out``, write it there too (the committed result file)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        Path(out).write_text(text)
+    return 0
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _speed_common import header, make_step, median, sync  # noqa: E402
+from _speed_common import emit, header, make_step, median, sync  # noqa: E402
 
 from figkd.data import BatchAugment  # noqa: E402
 from figkd.engine.teacher_cache import CropFlipViews, ViewLogitCache  # noqa: E402
@@ -194,11 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     spread = {f"{k[0]} {k[1]}": (1e3 * min(v), 1e3 * max(v)) for k, v in times.items()}
     lines.append("- min / max step (ms): " + "; ".join(
         f"{k} {lo:.0f}/{hi:.0f}" for k, (lo, hi) in spread.items()))
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-    return 0
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import figkd.data as data
 from figkd.data.paired import build_paired_transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _speed_common import header  # noqa: E402
+from _speed_common import emit, header  # noqa: E402
 from input_pipeline import find_root  # noqa: E402
 
 
@@ -111,11 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         best = max(values)
         shown = ", ".join(f"{v:,.0f}" for v in values)
         lines.append(f"| {name} | {best:,.0f} | {best / base:.1f}x | {shown} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-    return 0
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import torchvision
 import torchvision.transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _speed_common import REPO, header, median  # noqa: E402
+from _speed_common import REPO, emit, header, median  # noqa: E402
 
 import figkd.data as data  # noqa: E402
 from figkd.data.cache import decode_to_uint8  # noqa: E402
@@ -357,11 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                                   views)
     lines.append("")
     lines.append(f"- load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-    return 0
+    return emit(lines, args.out)
 
 
 def table_full_for_switches(table: ViewLogitCache, needed: torch.Tensor) -> ViewLogitCache:
