@@ -93,6 +93,14 @@ def _killed_run(tmp_path: Path, **data: Any) -> Path:
     return run
 
 
+def _forget_the_path(run: Path) -> None:
+    """Make ``last.pt`` look like one written before runs recorded their input path."""
+    last = run / "checkpoints/last.pt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    del checkpoint["state"]["data_path"]
+    save_atomic(checkpoint, last)
+
+
 def test_resume_refuses_another_input_path_and_names_the_fix(tmp_path: Path) -> None:
     run = _killed_run(tmp_path, loader="torch")
     with pytest.raises(ValueError, match=r"trained on the 'torch' input path .* 'fast'.*"
@@ -107,10 +115,7 @@ def test_resume_refuses_another_input_path_and_names_the_fix(tmp_path: Path) -> 
 def test_checkpoint_without_a_recorded_path_counts_as_the_dataloader_path(tmp_path: Path) -> None:
     """Before the path was recorded, two-view methods could only train on the DataLoader."""
     run = _killed_run(tmp_path, loader="torch")
-    last = run / "checkpoints/last.pt"
-    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
-    del checkpoint["state"]["data_path"]
-    save_atomic(checkpoint, last)
+    _forget_the_path(run)
     with pytest.raises(ValueError, match=r"'torch' input path"):
         Trainer(digits_config(tmp_path, "run"), run, resume=True, loss=TwoViewCE()).fit()
     summary = Trainer(digits_config(tmp_path, "run", loader="torch"), run, resume=True,
@@ -118,3 +123,53 @@ def test_checkpoint_without_a_recorded_path_counts_as_the_dataloader_path(tmp_pa
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
     assert summary["data_path"] == "torch"
+
+
+class OneViewCE(TwoViewCE):
+    """The same, with one view: a KD-like run on the fast path."""
+
+    term_names: ClassVar[tuple[str, ...]] = ("weak",)
+    num_views: ClassVar[int] = 1
+
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, **context: Any
+    ) -> dict[str, Tensor]:
+        epoch = context["epoch"]
+        self.calls[epoch] = self.calls.get(epoch, 0) + 1
+        if self.kill_at == (epoch, self.calls[epoch]):
+            raise Killed(f"killed at epoch {epoch}, step {self.calls[epoch]}")
+        return {"weak": F.cross_entropy(student_logits, targets)}
+
+
+def test_an_unrecorded_one_view_run_keeps_the_path_its_loader_setting_gave(tmp_path: Path) -> None:
+    """Before the record, data.loader could not change on resume, so the run's own setting
+    says its path: auto gave the fast path to one view of a fixed-size preset."""
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        Trainer(digits_config(tmp_path, "run"), run, loss=OneViewCE(kill_at=(2, 1))).fit()
+    _forget_the_path(run)
+    with pytest.raises(ValueError, match=r"trained on the 'fast' input path .*data\.loader=fast"):
+        Trainer(digits_config(tmp_path, "run", loader="torch"), run, resume=True,
+                loss=OneViewCE()).fit()
+    done = Trainer(digits_config(tmp_path, "run"), run, resume=True, loss=OneViewCE()).fit()
+    assert done["data_path"] == "fast" and done["resumed"] == 1
+
+
+@pytest.mark.parametrize(("loader", "views", "fast_path", "path"), [
+    ("auto", 1, True, "fast"), ("auto", 2, True, "torch"), ("auto", 1, False, "torch"),
+    ("fast", 1, True, "fast"), ("torch", 1, True, "torch"), ("torch", 2, True, "torch"),
+])
+def test_the_rule_of_the_time(loader: str, views: int, fast_path: bool, path: str) -> None:
+    from figkd.engine.data import legacy_data_path
+
+    assert legacy_data_path(loader, views, fast_path) == path
+
+
+def test_an_unrecorded_run_set_to_the_dataloader_stays_there(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        Trainer(digits_config(tmp_path, "run", loader="torch"), run,
+                loss=OneViewCE(kill_at=(2, 1))).fit()
+    _forget_the_path(run)
+    with pytest.raises(ValueError, match=r"trained on the 'torch' input path"):
+        Trainer(digits_config(tmp_path, "run"), run, resume=True, loss=OneViewCE()).fit()

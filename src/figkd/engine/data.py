@@ -313,12 +313,24 @@ def _check_labels(
         )
 
 
+def train_preset(cfg: Config) -> Any:
+    """The transform preset ``cfg`` trains with (``data.preset`` or the dataset's default)."""
+    return get_preset(cfg.data.preset or get_dataset_info(cfg.data.dataset).default_preset)
+
+
+def legacy_data_path(saved_loader: str, views: int, fast_path: bool) -> str:
+    """The input path a run took before runs recorded it: ``data.loader`` as set, or what
+    ``auto`` chose then (the fast path for one view of a fixed-size preset only)."""
+    if saved_loader != "auto":
+        return saved_loader
+    return "fast" if fast_path and views == 1 else "torch"
+
+
 def build_data(cfg: Config, ctx: DistContext, device: torch.device, views: int = 1) -> DataBundle:
     """Train / val / test batch sources for ``cfg`` on this rank."""
     d = cfg.data
     entry = get_dataset_info(d.dataset)
-    preset_name = d.preset or entry.default_preset
-    spec = get_preset(preset_name)
+    spec = train_preset(cfg)
     if d.batch_size % ctx.world_size:
         raise ValueError(
             f"data.batch_size={d.batch_size} is the global batch and must divide evenly over "

@@ -38,7 +38,7 @@ from figkd.engine.checkpoint import (
     save_atomic,
     unwrap,
 )
-from figkd.engine.data import build_data
+from figkd.engine.data import build_data, legacy_data_path, train_preset
 from figkd.engine.metrics import SumMeter, topk_correct
 from figkd.engine.optim import build_optimizer, lr_at, scale_milestones, set_lr
 from figkd.engine.progress import EpochProgress, epoch_line
@@ -446,7 +446,7 @@ class Trainer:
                 "is not the one the run started with "
                 f"({state.teacher_sha256})"
             )
-        self._check_data_path(state)
+        self._check_data_path(state, checkpoint["config"])
         self.student.load_state_dict(checkpoint["model"])
         self.loss.load_state_dict(checkpoint.get("loss", {}))  # connectors, memory banks, peers
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -458,16 +458,18 @@ class Trainer:
             self._settle_best(state)
         return state
 
-    def _check_data_path(self, state: RunState) -> None:
+    def _check_data_path(self, state: RunState, saved_config: dict[str, Any]) -> None:
         """Refuse to continue a run on another input path than the one it trained on.
 
-        Checkpoints written before the path was recorded trained two-view methods
-        (MLKD) on the DataLoader path: that was the only path able to make two views.
+        For checkpoints written before the path was recorded, the path follows from the
+        run's own ``data.loader`` by the rule of the time (:func:`legacy_data_path`).
         """
         saved = state.data_path
-        if saved is None and num_views(self.loss) == 2:
-            saved = "torch"
-        if saved is not None and saved != self.data.path:
+        if saved is None:
+            loader = (saved_config.get("data") or {}).get("loader", "auto")
+            fast_path = bool(getattr(train_preset(self.cfg), "fast_path", False))
+            saved = legacy_data_path(loader, num_views(self.loss), fast_path)
+        if saved != self.data.path:
             raise ValueError(
                 f"cannot resume {self.dir.path}: it trained on the {saved!r} input path and "
                 f"this config resolves to {self.data.path!r}, whose augmentation draws differ; "
