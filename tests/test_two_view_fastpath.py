@@ -38,13 +38,16 @@ class TwoViewCE(DistillationLoss):
         self.calls: dict[int, int] = {}
         self.strong_differs = 0
 
-    def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, **context: Any
-    ) -> dict[str, Tensor]:
-        epoch = context["epoch"]
+    def count_step(self, epoch: int) -> None:
+        """Count the epoch's steps; raise at ``kill_at``."""
         self.calls[epoch] = self.calls.get(epoch, 0) + 1
         if self.kill_at == (epoch, self.calls[epoch]):
             raise Killed(f"killed at epoch {epoch}, step {self.calls[epoch]}")
+
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, **context: Any
+    ) -> dict[str, Tensor]:
+        self.count_step(context["epoch"])
         strong = context["student_logits_strong"]
         self.strong_differs += int(not torch.equal(strong, student_logits))
         return {"weak": F.cross_entropy(student_logits, targets),
@@ -134,10 +137,7 @@ class OneViewCE(TwoViewCE):
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, **context: Any
     ) -> dict[str, Tensor]:
-        epoch = context["epoch"]
-        self.calls[epoch] = self.calls.get(epoch, 0) + 1
-        if self.kill_at == (epoch, self.calls[epoch]):
-            raise Killed(f"killed at epoch {epoch}, step {self.calls[epoch]}")
+        self.count_step(context["epoch"])
         return {"weak": F.cross_entropy(student_logits, targets)}
 
 
