@@ -338,7 +338,8 @@ def build_data(cfg: Config, ctx: DistContext, device: torch.device, views: int =
         )
     per_rank = d.batch_size // ctx.world_size
     # Two views (MLKD's weak + strong) ride the fast path too: RandAugment on the GPU
-    # instead of per image in DataLoader workers (4x the step time on one H200).
+    # instead of per image in DataLoader workers (MLKD took 4.8x KD's epoch time on one H200:
+    # docs/results/short_tier_progress.md, session 2).
     use_fast = d.loader == "fast" or (d.loader == "auto" and spec.fast_path)
     if use_fast and not spec.fast_path:
         raise ValueError(
