@@ -136,3 +136,54 @@ def test_gradients_finite_for_extreme_logits_and_bf16() -> None:
                                teacher_logits_strong=views[3] / 1e4).values())
     total.backward()
     assert torch.isfinite(s_weak.grad).all()
+
+
+def test_standardized_variant_matches_numpy() -> None:
+    # Only the instance terms see z-scored logits (unbiased std, eps 1e-7); batch and
+    # class terms keep the raw logits, at the standardized temperature set (2, 3, 5, 2, 6).
+    sw, tw, ss, ts, y = _views(seed=5)
+    m, n = _masks(tw)
+
+    def zscore(z: np.ndarray) -> np.ndarray:
+        return (z - z.mean(1, keepdims=True)) / (z.std(1, ddof=1, keepdims=True) + 1e-7)
+
+    temps = (2.0, 3.0, 5.0, 2.0, 6.0)
+    instance = batch = klass = 0.0
+    for s, t in ((sw, tw), (ss, ts)):
+        for tau in temps:
+            instance += (_kl_rows(zscore(s), zscore(t), tau) * m).mean()
+            b, c = _gram_gaps(s, t, tau)
+            batch += (b * m).sum()
+            klass += (c * n).sum()
+    out = _call(MLKDLoss(standardize=True), sw, tw, ss, ts, y)
+    assert out["instance"] == pytest.approx(9.0 * instance, rel=1e-10)
+    assert out["batch"] == pytest.approx(9.0 * batch, rel=1e-10)
+    assert out["class"] == pytest.approx(9.0 * klass, rel=1e-10)
+
+
+@pytest.mark.parametrize("options", [{}, {"variant": "official"}, {"standardize": True},
+                                     {"temperatures": (1.5, 7.0)}])
+def test_gradients_match_finite_differences(options: dict) -> None:
+    # All temperatures and both views are computed as one batched tensor; gradcheck compares
+    # its autograd gradient with central differences in float64, for both student views.
+    sw, tw, ss, ts, y = (torch.tensor(a) for a in _views(batch=6, classes=5, seed=6))
+    loss = MLKDLoss(**options)
+
+    def total(weak: torch.Tensor, strong: torch.Tensor) -> torch.Tensor:
+        return sum(loss(weak, tw, y, student_logits_strong=strong, teacher_logits_strong=ts).values())
+
+    assert torch.autograd.gradcheck(total, (sw.requires_grad_(), ss.requires_grad_()), eps=1e-6, atol=1e-7)
+
+
+def test_a_single_temperature_equals_the_paper_sum_for_it() -> None:
+    # One temperature: no stacking over K left, so a mix-up of the temperature axis with the
+    # view axis would show (the default five-temperature tests would average it away).
+    sw, tw, ss, ts, y = _views(seed=7)
+    m, n = _masks(tw)
+    instance = sum((_kl_rows(s, t, 2.5) * m).mean() for s, t in ((sw, tw), (ss, ts)))
+    batch = sum((_gram_gaps(s, t, 2.5)[0] * m).sum() for s, t in ((sw, tw), (ss, ts)))
+    klass = sum((_gram_gaps(s, t, 2.5)[1] * n).sum() for s, t in ((sw, tw), (ss, ts)))
+    out = _call(MLKDLoss(temperatures=(2.5,), kd_weight=1.0), sw, tw, ss, ts, y)
+    assert out["instance"] == pytest.approx(instance, rel=1e-10)
+    assert out["batch"] == pytest.approx(batch, rel=1e-10)
+    assert out["class"] == pytest.approx(klass, rel=1e-10)
