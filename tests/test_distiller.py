@@ -116,3 +116,21 @@ def test_two_view_loss_gets_both_views_and_the_epoch() -> None:
     assert torch.allclose(probe.seen["teacher_logits_strong"], teacher.eval()(strong))
     with pytest.raises(TypeError, match="weak, strong"):
         distiller(x, y, epoch=1)
+
+
+def test_two_view_loss_takes_cached_weak_logits_and_scores_the_strong_view_live() -> None:
+    student, teacher = Counting(0), Counting(1)
+    probe = TwoViewProbe()
+    distiller = Distiller(student, probe, teacher)
+    x, y = _batch()
+    strong = torch.randn(8, 6)
+    cached_weak = torch.full((8, 5), 0.25)  # not what the teacher gives on x: must be passed on
+    distiller((x, strong), y, teacher_logits=cached_weak, epoch=2)
+    assert teacher.calls == 1  # the strong view only
+    assert probe.seen["teacher"] is cached_weak
+    assert torch.allclose(probe.seen["teacher_logits_strong"], teacher.eval()(strong))
+    # a (weak, strong) pair of logits still replaces both forwards
+    teacher.calls = 0
+    pair = (cached_weak, torch.zeros(8, 5))
+    distiller((x, strong), y, teacher_logits=pair, epoch=2)
+    assert teacher.calls == 0 and probe.seen["teacher_logits_strong"] is pair[1]

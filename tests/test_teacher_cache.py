@@ -338,26 +338,81 @@ class NeedsFeatures(KDLoss):
     needs_features: ClassVar[bool] = True
 
 
-@pytest.mark.parametrize("loss_cls", [TwoView, NeedsFeatures])
+class _TorchPath:
+    path = "torch"
+
+
+@pytest.mark.parametrize(("loss_cls", "data", "reason"), [
+    (NeedsFeatures, None, "it needs the teacher's features"),
+    (TwoView, _TorchPath(), "only the fast path's weak view can come from the cache"),
+])
 def test_methods_needing_more_fall_back_to_the_live_teacher(
-    tmp_path: Path, teacher_file: Path, capsys: pytest.CaptureFixture[str], loss_cls: type
+    tmp_path: Path, teacher_file: Path, capsys: pytest.CaptureFixture[str], loss_cls: type,
+    data: Any, reason: str,
 ) -> None:
     from figkd.engine.teacher_cache import resolve_teacher_cache
 
     cfg = run_cfg(tmp_path, "mv", teacher_file, "on")
-    cache, record = resolve_teacher_cache(cfg, None, nn.Identity(), None, loss_cls(),
+    cache, record = resolve_teacher_cache(cfg, data, nn.Identity(), None, loss_cls(),
                                           torch.device("cpu"), _Main())
-    assert cache is None and record["status"] == "live"
+    assert cache is None and record["status"] == "live" and reason in record["reason"]
     line = capsys.readouterr().out.strip()
     assert line.startswith("teacher cache: using the live teacher for") and "\n" not in line
 
 
-def test_two_view_run_records_the_fallback(tmp_path: Path, teacher_file: Path) -> None:
-    cfg = run_cfg(tmp_path, "mv", teacher_file, "auto", epochs=1, max_steps_per_epoch=1)
-    cfg.data.loader = "auto"
-    summary = Trainer(cfg, tmp_path / "mv", loss=TwoView()).fit()
-    assert summary["teacher_cache"]["status"] == "live"
-    assert "second, strongly augmented view" in summary["teacher_cache"]["reason"]
+def test_two_view_runs_take_the_weak_view_from_the_cache(
+    tmp_path: Path, teacher_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLKD: the weak view's teacher logits come from the cache, the strong view's from the
+    live teacher, and training ends where the all-live run ends (float32 storage)."""
+    import figkd.engine.trainer as trainer_module
+
+    teachers: list[CountingTeacher] = []
+    real = trainer_module.load_teacher
+
+    def counting(*args: Any, **kwargs: Any):
+        model, record = real(*args, **kwargs)
+        teachers.append(CountingTeacher(model))
+        return teachers[-1], record
+
+    monkeypatch.setattr(trainer_module, "load_teacher", counting)
+    summaries, weights = {}, {}
+    for name, cache in (("live", "none"), ("cached", "on")):
+        cfg = run_cfg(tmp_path, name, teacher_file, cache, teacher={"cache_dtype": "float32"})
+        cfg.loss.name = "mlkd"
+        summaries[name] = Trainer(cfg, tmp_path / name).fit()
+        weights[name] = load_weights_only(tmp_path / name / "checkpoints/last.pt")["model"]
+    assert summaries["cached"]["data_path"] == "fast"
+    record = summaries["cached"]["teacher_cache"]
+    assert record["status"] == "built" and record["serves"].startswith("weak view")
+    live, cached = (t.images for t in teachers)
+    steps_images = 2 * 4 * 64  # 2 epochs x 4 steps x batch 64
+    assert live == 2 * steps_images  # weak + strong, live
+    assert cached == record["computed"] + steps_images  # the cache build + the strong views
+    for key, value in weights["live"].items():
+        torch.testing.assert_close(weights["cached"][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_used_views_take_the_weak_half_of_two_view_plans() -> None:
+    """A two-view loader's plan yields (weak, strong) params; the mask follows the weak
+    crops, which iterating the loader shows (its images are the weak view's pixels)."""
+    images = torch.randint(0, 17, (12, 1, 8, 8), dtype=torch.uint8)
+    cache = TensorImageCache(images, torch.arange(12), [str(i) for i in range(12)], scale=16.0)
+    views = CropFlipViews.from_preset(PRESET)
+    loader = GPUBatchLoader(cache, 4, PRESET, seed=5, views=2)
+    want = torch.zeros(12, len(views), dtype=torch.bool)
+    loader.return_params = True
+    for epoch in (1, 2):
+        loader.set_epoch(epoch)
+        for (weak, _), index, (weak_params, _) in loader:
+            ids = views.view_ids(weak_params, len(index))
+            for row, (sample, view) in enumerate(zip(index.tolist(), ids.tolist())):
+                top, left, flip = views.describe(view)
+                pixels = reference_view(images[sample].float() / 16.0, top, left, flip, 1)
+                mean, std = get_preset(PRESET).mean[0], get_preset(PRESET).std[0]
+                torch.testing.assert_close(weak[row], (pixels - mean) / std)
+            want[index, ids] = True
+    assert torch.equal(used_views(loader, views, 12, (1, 2)), want)
 
 
 def test_cache_on_refuses_data_it_cannot_enumerate(tmp_path: Path, teacher_file: Path) -> None:

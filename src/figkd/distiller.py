@@ -68,7 +68,9 @@ class Distiller(nn.Module):
 
     ``forward(images, targets, epoch=..., teacher_logits=None)`` returns the
     student's logits (of the weak view for multi-view losses) and the loss's
-    dict of already-weighted terms; the trainer sums and logs them.
+    dict of already-weighted terms; the trainer sums and logs them.  For two
+    views ``teacher_logits`` is a ``(weak, strong)`` pair, or one tensor: the weak
+    view's (from the teacher-logit cache), the strong view then goes to the teacher.
     """
 
     def __init__(
@@ -150,7 +152,9 @@ class Distiller(nn.Module):
             )
         weak, strong = images
         student_weak, student_strong = self.student(weak), self.student(strong)
-        if teacher_logits is not None:
+        if isinstance(teacher_logits, Tensor):  # cached weak view (engine/teacher_cache.py)
+            teacher_weak, teacher_strong = teacher_logits, self.teacher_logits(strong)
+        elif teacher_logits is not None:
             teacher_weak, teacher_strong = teacher_logits
         elif self.needs_teacher:
             teacher_weak, teacher_strong = self.teacher_logits(weak), self.teacher_logits(strong)

@@ -22,10 +22,12 @@ the same key.  A file whose stored key differs from the expected one is an error
 names the differing fields.  Runs started side by side take turns extending the file
 (a lock beside it, engine/file_lock.py), so no teacher forward is computed twice.
 
-Methods that need more than the teacher's logits on the training view - a second,
-strongly augmented view (``num_views == 2``), features (``needs_features``) or the
-images (``needs_images``) - keep the live teacher; :func:`resolve_teacher_cache` logs
-one line saying so and records the choice for ``summary.json``.
+Two-view methods (MLKD, ``num_views == 2``) get their weak view - the same crop/flip
+draw - from the cache and score only the strong view (RandAugment, a continuous view
+space) with the live teacher: one teacher forward per step instead of two.  Methods that
+need the teacher's features (``needs_features``) or the images (``needs_images``) keep
+the live teacher; :func:`resolve_teacher_cache` logs one line saying so and records the
+choice for ``summary.json``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from torch import Tensor, nn
 
 from figkd.data import BatchAugment, get_preset
 from figkd.data.planned_crop import CropPlan
+from figkd.distiller import num_views
 from figkd.engine.checkpoint import save_atomic
 from figkd.engine.file_lock import exclusive
 
@@ -289,10 +292,10 @@ class ViewLogitCache:
         self.logits = self.logits.to(device)
         return self
 
-    def lookup(
-        self, index: Tensor, params: dict[str, Tensor], device: torch.device | None = None
-    ) -> Tensor:
-        """float32 teacher logits of samples ``index`` under augmentation ``params``."""
+    def lookup(self, index: Tensor, params: Any, device: torch.device | None = None) -> Tensor:
+        """float32 teacher logits of samples ``index`` under augmentation ``params`` (of the
+        weak view when the loader yields a ``(weak, strong)`` pair)."""
+        params = weak_view_params(params)
         views = self.views.view_ids({k: v.cpu() for k, v in params.items()}, len(index))
         where = self.logits.device
         out = self.logits[index.to(where), views.to(where)]
@@ -471,10 +474,15 @@ def load_or_build(
 # --------------------------------------------------------------------------- engine glue
 
 
+def weak_view_params(params: Any) -> dict[str, Tensor]:
+    """The crop/flip parameters of a batch: ``params`` itself, or the weak half of the
+    ``(weak, strong)`` pair a two-view loader yields (the strong view is never cached)."""
+    return params[0] if isinstance(params, tuple) else params
+
+
 def live_teacher_reason(loss: nn.Module) -> str | None:
-    """Why ``loss`` needs the live teacher (None when cached logits suffice)."""
-    if int(getattr(loss, "num_views", 1)) != 1:
-        return "it scores a second, strongly augmented view"
+    """Why ``loss`` needs the live teacher for every view (None when cached logits serve
+    its (weak) training view)."""
     if getattr(loss, "needs_features", False):
         return "it needs the teacher's features"
     if getattr(loss, "needs_images", False):
@@ -518,6 +526,12 @@ def resolve_teacher_cache(
         return None, {**record, "status": "live", "reason": reason}
 
     spec = get_preset(cfg.data.preset or _default_preset(cfg))
+    two_views = num_views(loss) == 2
+    if two_views and data.path != "fast":
+        reason = ("it scores a second, strongly augmented view, and only the fast path's "
+                  "weak view can come from the cache (data.loader=torch)")
+        say(f"teacher cache: using the live teacher for {type(loss).__name__}: {reason}")
+        return None, {**record, "status": "live", "reason": reason}
     if data.path == "torch" and CropPlan.from_preset(spec) is not None:
         # RandomResizedCrop presets: pre-sampled crops per epoch (engine/planned_cache.py)
         from figkd.engine.planned_cache import resolve_planned_cache
@@ -575,6 +589,10 @@ def resolve_teacher_cache(
     say(f"teacher cache ({info['status']}): {info['path']}, {info['samples']} samples x "
         f"{info['views']} views ({cfg.teacher.cache_views}), {info['computed']} teacher "
         f"forwards now, {info['filled']} stored, {info['size_mb']} MB, {info['seconds']:.1f} s")
+    if two_views:
+        info = {**info, "serves": "weak view (the strong view uses the live teacher)"}
+        say(f"teacher cache: {type(loss).__name__}'s weak view from the cache, its strong "
+            "view from the live teacher")
     return cache, {**record, **info}
 
 
@@ -624,7 +642,7 @@ def used_views(source: Any, views: CropFlipViews, samples: int, epochs: Any) -> 
                 loader.rank = rank
             for epoch in epochs:
                 for index, params in source.plan(epoch):
-                    mask[index, views.view_ids(params, len(index))] = True
+                    mask[index, views.view_ids(weak_view_params(params), len(index))] = True
     finally:
         if hasattr(loader, "rank"):
             loader.rank = own_rank
