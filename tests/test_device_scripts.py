@@ -6,6 +6,7 @@ must give the table a single uninterrupted session gives.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def _session(tmp: Path, name: str, shards: Path, methods: str, state_in: Path) -> Path:
+def _session(tmp: Path, name: str, shards: Path, methods: str, state_in: Path,
+             **extra: str) -> Path:
     env = {
         **os.environ,
         "PY": sys.executable,
@@ -35,6 +37,7 @@ def _session(tmp: Path, name: str, shards: Path, methods: str, state_in: Path) -
         "OVERRIDES": f"data.batch_size=16 optim.lr=0.01 teacher.cache=auto teacher.cache_dir={tmp / name / 'logits'}",
         "STUDY_ARGS": f"--epochs 2 --teacher-epochs 2 --seeds 0 --methods {methods} "
         "--device cpu --threads 1",
+        **extra,
     }
     result = subprocess.run(["bash", str(REPO / "tools/device/short_tier.sh")], env=env,
                             capture_output=True, text=True, timeout=600, check=False)
@@ -63,6 +66,15 @@ def test_two_chained_sessions_give_the_single_session_table(tmp_path: Path) -> N
     returned = sorted(p.relative_to(first / "out").as_posix()
                       for p in (first / "out").rglob("*") if p.is_file())
     assert returned[:2] == ["results.tar.gz", "state/state.json"] and len(returned) <= 8
+    # attach.sh's fallback for a study killed mid-way: no training, the same state exported
+    finish = _session(tmp_path, "finish", shards, "ce kd", nowhere, FINISH_ONLY="1",
+                      STUDY_OUT=str(first / "study"))
+    finish_log = (first / "study" / "device.log").read_text().split("FINISH_ONLY")[-1]
+    assert "trained" not in finish_log and "state exported" in finish_log
+    manifests = [json.loads((where / "out" / "state" / "state.json").read_text())
+                 for where in (first, finish)]
+    # the same runs and files (the tar parts differ only in their headers' times)
+    assert manifests[0]["runs"] == manifests[1]["runs"] and manifests[0]["runs"]
     mirror = tmp_path / "mirror"
     collect = subprocess.run(
         ["bash", str(REPO / "tools/device/collect.sh"), str(first / "out")],

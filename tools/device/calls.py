@@ -4,7 +4,8 @@ The data parts (``.device/tiny32/pN``), the PyWavelets wheel and the mirror of t
 progress (``.device/state``, kept by ``collect.sh``) are more than one call may carry, so they
 travel over several calls while the machine stays warm.  The mirror is cut into the largest
 folders that fit one call (a run folder at the finest), and the pieces are packed first fit,
-largest first, at most 8 paths a call; the last call runs ``short_tier.sh``.
+largest first, at most 8 paths a call; the last call starts the study with ``detach.sh``
+(``short_tier.sh`` in a process session of its own, followed by ``attach.sh`` calls).
 
     python tools/device/calls.py            # --call-mib 62 (the 64 MiB cap, with margin)
 """
@@ -120,19 +121,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(
                 f"  {number}. run(carry=[{carry}], timeout_s=600, "
-                f'command="bash tools/device/short_tier.sh")   # {mib:.1f} MiB'
+                'command="BUDGET=<B> bash tools/device/detach.sh")   '
+                f"# {mib:.1f} MiB; B = lease.budget_left_s of call {number - 1}'s reply"
             )
     print(
-        "  if the lease's budget_left_s is then still over 240 (B): run(timeout_s=B-60, "
-        'command="LIMIT=<B-120> bash tools/device/short_tier.sh"); its export replaces the '
-        "first one's, so fetch after the last study call only"
+        "  the study runs on in its own session (limit B - 170 s); while the reply says "
+        '"still running": run(timeout_s=600, command="bash tools/device/attach.sh")'
     )
     print(
         '  then, while it says bundles are left: run(timeout_s=60, command="bash '
-        'tools/device/fetch.sh")'
+        'tools/device/fetch.sh"); then give_back'
     )
     print(
-        "Here, after the last: bash tools/device/collect.sh <files_at of the study call> "
+        "Here, after the last: bash tools/device/collect.sh <files_at of the call that ended the study> "
         "<files_at of each fetch call> ..."
     )
     return 0

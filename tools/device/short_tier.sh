@@ -11,6 +11,8 @@
 #   STUDY_ARGS="--epochs 2 --seeds 0 ..."   extra `figkd study` options (none on the device)
 #   OVERRIDES="train.channels_last=true teacher.cache=auto"   key=value for every run
 #   PY=python3   the interpreter (the device image's, which has torch)
+#   FINISH_ONLY=1  skip the study: only the tables and the state export of what the study
+#                  folder holds (attach.sh uses it when a detached study died mid-way)
 #   STATE_IN=.device/state   a carried `figkd state` folder to continue from (if present)
 #   STATE_MIB=230  the whole state the mirror will hold (it travels out again over several
 #                  calls: tools/device/calls.py); BUNDLE_MIB=58: one bundle per call back, the
@@ -35,6 +37,9 @@ OUTBOX=${OUTBOX:-.device/outbox}
 mkdir -p "$OUT" "$STUDY_OUT"
 LOG=$STUDY_OUT/device.log
 started=$(date +%s)
+FINISH_ONLY=${FINISH_ONLY:-0}
+# Seconds since the start, in the log: where a call's time goes (set-up, study, export).
+stamp() { echo "short_tier: +$(( $(date +%s) - started )) s $*" | tee -a "$LOG"; }
 
 # PyWavelets travels as a wheel in .whl/ (carried by the first call); install it once per machine.
 if ! "$PY" -c "import pywt" 2>/dev/null; then
@@ -65,7 +70,7 @@ then
 fi
 
 # MLKD's batched strong view on this GPU against the CPU (a few seconds; reports only)
-timeout 60 "$PY" tools/device/check_strong_view.py 2>&1 | tail -n 3 | tee -a "$LOG"
+[ "$FINISH_ONLY" = 1 ] || timeout 60 "$PY" tools/device/check_strong_view.py 2>&1 | tail -n 3 | tee -a "$LOG"
 
 # Progress of earlier sessions (carried from here by collect.sh's mirror): run by run, the
 # further-along copy wins, so importing again on a warm machine changes nothing.
@@ -77,6 +82,10 @@ fi
 # NVIDIA MPS: without it the parallel runs' kernels take turns on the GPU.  Started only when
 # a client can use it (a probe under a timeout); otherwise the study runs as before.
 mps_env=()
+stamp "set up"
+if [ "$FINISH_ONLY" = 1 ]; then
+  MPS=off
+fi
 if [ "$MPS" = auto ] && command -v nvidia-cuda-mps-control >/dev/null; then
   mps_env=(CUDA_MPS_PIPE_DIRECTORY=/tmp/figkd-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/figkd-mps/log)
   mkdir -p /tmp/figkd-mps/pipe /tmp/figkd-mps/log
@@ -91,7 +100,7 @@ if [ "$MPS" = auto ] && command -v nvidia-cuda-mps-control >/dev/null; then
   fi
 fi
 # GPU load every 5 s, returned with the results (how full the parallel runs keep the GPU)
-if command -v nvidia-smi >/dev/null; then
+if [ "$FINISH_ONLY" != 1 ] && command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,power.draw --format=csv -l 5 \
     > "$STUDY_OUT/gpu.csv" 2>/dev/null &
   smi=$!
@@ -107,15 +116,22 @@ items=($OVERRIDES)  # KEY=VALUE words go first: after --seeds 0 1 they would be 
 
 # timeout signals the whole process group: the study and its run subprocesses stop together;
 # every run keeps its last epoch checkpoint and the next call resumes it.
-timeout --kill-after=20 "$LIMIT" "$PY" -m figkd study "${items[@]}" "${common[@]}" \
-  --parallel "$PARALLEL" "${extra[@]}" 2>&1 | tee -a "$LOG"
-status=$?
-if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
-  echo "== short_tier: stopped at the ${LIMIT}s limit; call again to resume" | tee -a "$LOG"
+if [ "$FINISH_ONLY" = 1 ]; then
+  status=0
+  echo "== short_tier: FINISH_ONLY: no study, tables and export of $STUDY_OUT as it is" | tee -a "$LOG"
+else
+  timeout --kill-after=20 "$LIMIT" "$PY" -m figkd study "${items[@]}" "${common[@]}" \
+    --parallel "$PARALLEL" "${extra[@]}" 2>&1 | tee -a "$LOG"
+  status=$?
+  if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+    echo "== short_tier: stopped at the ${LIMIT}s limit; call again to resume" | tee -a "$LOG"
+  fi
 fi
+stamp "study ended"
 # The table of whatever has finished so far (a full run wrote it already; this is cheap).
 "$PY" -m figkd study "${items[@]}" "${common[@]}" --parallel "$PARALLEL" "${extra[@]}" --report-only >/dev/null 2>>"$LOG"
 "$PY" -m figkd study "${items[@]}" "${common[@]}" --parallel "$PARALLEL" "${extra[@]}" --plan > "$OUT/plan.txt" 2>&1
+stamp "tables written"
 
 [ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
 [ ${#mps_env[@]} -gt 0 ] && { echo quit | nvidia-cuda-mps-control >/dev/null 2>&1; }
@@ -129,6 +145,7 @@ dir=$STUDY_OUT/$TIER
 rm -rf "$OUTBOX"
 "$PY" -m figkd state export "$STUDY_OUT" "$OUTBOX" --budget-mib "$STATE_MIB" --part-mib 15 \
   --bundle-mib "$BUNDLE_MIB" 2>&1 | tee -a "$LOG"
+stamp "state exported"
 OUTBOX=$OUTBOX OUT=$OUT bash tools/device/fetch.sh 2>&1 | tee -a "$LOG"
 failed=$(grep -c '"status": "failed"' "$dir/study.json" 2>/dev/null)
 echo "== short_tier: exit $status after $(( $(date +%s) - started )) s; ${failed:-0} failed run(s) in study.json" | tee -a "$LOG"
