@@ -35,6 +35,8 @@ bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py --per-class 20 --rounds 2 --compile --out benchmarks/results/throughput.md
 	$(BIN)/python benchmarks/throughput.py --per-class 20 --rounds 2 --student compile \
 		--skip-switches --out benchmarks/results/throughput_compile.md
+	$(BIN)/python benchmarks/mlkd_step.py --out benchmarks/results/mlkd_step.md
+	$(BIN)/python benchmarks/strong_view.py --out benchmarks/results/strong_view.md
 
 # do the tests notice a changed operator or constant? e.g.
 #   make mutate MODULE=src/figkd/losses/dkd.py TESTS="tests/test_losses_baselines.py -k dkd"
