@@ -208,12 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     lines = header("MLKD training step: loss loop vs batched loss, live vs cached weak view",
                    __file__, device)
     lines += [
-        f"ResNet32x4 -> ResNet8x4, batch {args.batch_size} (x2 views for MLKD), 100 classes, "
-        f"32x32, amp={args.amp}; one step = cache lookup (where cached) + teacher forward(s) + "
-        "student fwd/bwd on each view + loss + SGD; views made before the clock starts. "
-        f"Median over {(args.rounds - 1) * args.steps} steps per configuration (shuffled "
-        "rounds, first dropped); paired = median over rounds of this round's median / the "
-        "stop-21 MLKD step's.",
+        (f"ResNet32x4 -> ResNet8x4, batch {args.batch_size} (x2 views for MLKD), 100 classes, "
+         f"32x32, amp={args.amp}; one step = cache lookup (where cached) + teacher forward(s) + "
+         "student fwd/bwd on each view + loss + SGD; views made before the clock starts. "
+         f"Median over {(args.rounds - 1) * args.steps} steps per configuration (shuffled "
+         "rounds, first dropped); paired = median over rounds of this round's median / the "
+         "stop-21 MLKD step's."),
         "",
         "| configuration | step (ms) | paired vs stop-21 MLKD | ATen calls per step |",
         "|---|---:|---:|---:|",
@@ -225,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     lines.append("")
     alone = loss_only(args, device)
     lines += [
-        f"The MLKD loss alone (paper variant, 5 temperatures, forward + backward on fixed "
-        f"{args.batch_size} x 100 logits of both views, one intra-op thread, median of "
-        f"{args.loss_reps} interleaved calls):",
+        (f"The MLKD loss alone (paper variant, 5 temperatures, forward + backward on fixed "
+         f"{args.batch_size} x 100 logits of both views, one intra-op thread, median of "
+         f"{args.loss_reps} interleaved calls):"),
         "",
         "| loss | fwd+bwd (us) | ATen calls |",
         "|---|---:|---:|",
@@ -236,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {label} | {us:.0f} | {calls} |")
     loop_us, loop_calls = alone["loop (stop 21)"]
     new_us, new_calls = alone["batched"]
-    lines += ["", f"- batched vs loop: {loop_us / new_us:.1f}x faster, {loop_calls / new_calls:.1f}x "
-              "fewer ATen calls (tests/test_losses_mlkd.py checks the values against NumPy)."]
+    lines += ["", (f"- batched vs loop: {loop_us / new_us:.1f}x faster, "
+                   f"{loop_calls / new_calls:.1f}x fewer ATen calls (tests/test_losses_mlkd.py "
+                   "checks the values against NumPy).")]
     return emit(lines, args.out)
 
 

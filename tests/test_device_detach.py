@@ -42,7 +42,7 @@ def job(tmp_path: Path) -> dict[str, str]:
 
 def call(script: str, env: dict[str, str], **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", f"tools/device/{script}"], cwd=REPO, env={**env, **extra},
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def wait_for(path: Path, seconds: float = 20.0) -> None:
