@@ -221,9 +221,9 @@ def run_cfg(out: Path, name: str, teacher_path: Path, cache: str, **train: Any):
     })
 
 
-def test_distillation_with_the_cache_matches_the_live_teacher(
-    tmp_path: Path, teacher_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture()
+def counted_teachers(monkeypatch: pytest.MonkeyPatch) -> list[CountingTeacher]:
+    """The teachers the trainer loads, in load order, each counting the images it scores."""
     import figkd.engine.trainer as trainer_module
 
     teachers: list[CountingTeacher] = []
@@ -235,6 +235,13 @@ def test_distillation_with_the_cache_matches_the_live_teacher(
         return teachers[-1], record
 
     monkeypatch.setattr(trainer_module, "load_teacher", counting)
+    return teachers
+
+
+def test_distillation_with_the_cache_matches_the_live_teacher(
+    tmp_path: Path, teacher_file: Path, counted_teachers: list[CountingTeacher]
+) -> None:
+    teachers = counted_teachers
     weights, summaries = {}, {}
     for name, cache, dtype in (("live", "none", "float16"), ("fp16", "on", "float16"),
                                ("fp32", "on", "float32"), ("again", "auto", "float16")):
@@ -361,21 +368,11 @@ def test_methods_needing_more_fall_back_to_the_live_teacher(
 
 
 def test_two_view_runs_take_the_weak_view_from_the_cache(
-    tmp_path: Path, teacher_file: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, teacher_file: Path, counted_teachers: list[CountingTeacher]
 ) -> None:
     """MLKD: the weak view's teacher logits come from the cache, the strong view's from the
     live teacher, and training ends where the all-live run ends (float32 storage)."""
-    import figkd.engine.trainer as trainer_module
-
-    teachers: list[CountingTeacher] = []
-    real = trainer_module.load_teacher
-
-    def counting(*args: Any, **kwargs: Any):
-        model, record = real(*args, **kwargs)
-        teachers.append(CountingTeacher(model))
-        return teachers[-1], record
-
-    monkeypatch.setattr(trainer_module, "load_teacher", counting)
+    teachers = counted_teachers
     summaries, weights = {}, {}
     for name, cache in (("live", "none"), ("cached", "on")):
         cfg = run_cfg(tmp_path, name, teacher_file, cache, teacher={"cache_dtype": "float32"})
