@@ -8,10 +8,10 @@
 #
 #   BUDGET=<lease.budget_left_s of the last reply> bash tools/device/detach.sh
 #
-# The study's limit is BUDGET - RESERVE.  The default, 170 s: session 2 spent ~100 s after its
-# last study stopped (the export ~47 s, three fetch calls and the gaps between calls ~53 s);
-# the rest is margin for this call's own transfer and the gap before it, and for a slower
-# export.  LIMIT=<s> sets the limit directly.
+# The study's limit is BUDGET - RESERVE.  The default, 170 s: in session 2 a study call ran
+# 37-47 s past its limit (stopping the runs, tables, export), and the three fetch calls with
+# the gaps between calls took ~53 s; the rest is margin for this call's own transfer and the
+# gap before it, and for a slower export.  LIMIT=<s> sets the limit directly.
 # Then call `bash tools/device/attach.sh` back to back until it returns the results (it says
 # "still running" otherwise), then fetch.sh as before.  Other knobs (PARALLEL, STUDY_ARGS,
 # OVERRIDES, PY, ...) pass through to short_tier.sh; SCRIPT replaces it (tests).
