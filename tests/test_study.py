@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 import shutil
 from pathlib import Path
@@ -249,6 +250,11 @@ def test_study_runs_skips_finished_and_resumes_killed(fake_root: Path, tmp_path:
     assert "| teacher (tiny_cnn) | 1 | " in text and "figkd study --tier unit" in text
     assert "- finished runs: 15, 1 of them resumed after a stop" in text  # kd seed1
     assert "trained on: cpu (" in text
+    # every finished run's epochs counted once, under the commit(s) that trained them
+    code = next(line for line in text.splitlines() if line.startswith("- code: "))
+    finished = [s for s in S.find_summaries([study.out]) if s.get("status") == "finished"]
+    counted = sum(int(n) for n in re.findall(r"(\d+) epoch\(s\)", code))
+    assert len(finished) == 15 and counted == sum(s["epochs"] for s in finished)
     assert (study.out / "report.md").is_file() and (study.out / "study.json").is_file()
 
 

@@ -999,6 +999,32 @@ def machine() -> str:
     return text
 
 
+def epochs_per_commit(summaries: list[dict[str, Any]]) -> str:
+    """Which commits trained the finished runs' epochs: a study chained over sessions may
+    have changed code between them, and a run's own ``git`` names only its last session.
+
+    Runs from before ``segments`` were recorded count under their ``git`` when they were
+    never resumed, else as "not recorded".
+    """
+    epochs: dict[str, int] = {}
+    runs: dict[str, set[str]] = {}
+    for summary in summaries:
+        segments = summary.get("segments")
+        if segments is None:
+            git = None if summary.get("resumed") else summary.get("git")
+            segments = [{"from_epoch": 1, "to_epoch": summary.get("epochs", 0), "git": git}]
+        for segment in segments:
+            git = segment.get("git")
+            key = (f"{git['commit'][:12]}{' (+ local changes)' if git.get('dirty') else ''}"
+                   if git else "not recorded")
+            epochs[key] = epochs.get(key, 0) + segment["to_epoch"] - segment["from_epoch"] + 1
+            runs.setdefault(key, set()).add(str(summary.get("run_dir")))
+    if not epochs:
+        return "no finished runs"
+    return "epochs trained per git commit: " + "; ".join(
+        f"{key} {epochs[key]} epoch(s) of {len(runs[key])} run(s)" for key in sorted(epochs))
+
+
 def write_study_report(
     study: Study, manifest: dict[str, Any] | None, command: str, wall_s: float | None
 ) -> Path:
@@ -1047,6 +1073,7 @@ def write_study_report(
             f"- finished runs: {len(finished)}, {resumed} of them resumed after a stop "
             f"(another invocation or machine); trained on: {'; '.join(devices) or 'unknown'}"
         )
+        parts.append(f"- code: {epochs_per_commit(finished)}")
     parts += [
         "",
         "Test accuracy (%), mean ± sample standard deviation over seeds. \"last epoch\": the "

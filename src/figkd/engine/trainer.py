@@ -329,6 +329,7 @@ class Trainer:
         self._build(first_epoch=checkpoint["state"]["epoch"] + 1 if checkpoint else 1)
         state = (self._restore(checkpoint) if checkpoint is not None
                  else RunState(data_path=self.data.path))
+        open_segment(state, device_description(self.device))
         if ctx.is_main:
             self.dir.create()
             save_config(cfg, self.dir.config)
@@ -570,6 +571,7 @@ class Trainer:
         if improved:
             state.best = {"epoch": epoch, "val": record["val"], "test": record["test"]}
         state.epoch = epoch
+        state.segments[-1]["to_epoch"] = epoch
         if self.teacher_record is not None:
             state.teacher_sha256 = self.teacher_record["sha256"]
         if self.ctx.is_main:
@@ -642,6 +644,7 @@ class Trainer:
             "data_path": self.data.path,
             "versions": versions(),
             "git": git_commit(),
+            "segments": trained_segments(state),
             "command": command_line(),
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -667,6 +670,32 @@ class RunState:
     #: the input path the run trains on ("fast" / "torch"): the two draw different
     #: augmentation streams, so a resumed run must keep its own
     data_path: str | None = None
+    #: one entry per start or resume: the epochs it trained and the code and device it
+    #: trained them with (a run resumed across sessions may span several commits)
+    segments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def open_segment(state: RunState, device: str) -> None:
+    """Record that epochs from ``state.epoch + 1`` on are trained by this process's code.
+
+    A checkpoint from before segments were recorded gets one segment for the epochs it
+    already holds, with ``git: None`` (the commit that trained them is not known).
+    """
+    if not state.segments and state.epoch > 0:
+        state.segments.append({"from_epoch": 1, "to_epoch": state.epoch, "git": None,
+                               "device": None, "started_at": None})
+    state.segments.append({
+        "from_epoch": state.epoch + 1,
+        "to_epoch": None,  # set at each epoch's end, before last.pt is written
+        "git": git_commit(),
+        "device": device,
+        "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+def trained_segments(state: RunState) -> list[dict[str, Any]]:
+    """The segments that trained at least one epoch (a resume may stop before its first)."""
+    return [s for s in state.segments if s["to_epoch"] is not None]
 
 
 def _setup_method(
