@@ -7,6 +7,7 @@ short_tier.sh returns, so the follow / return / fallback logic runs here in seco
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -107,3 +108,18 @@ def test_detach_refuses_without_a_usable_limit(job: dict[str, str], extra: dict[
 def test_attach_without_a_started_study_says_so(job: dict[str, str]) -> None:
     out = call("attach.sh", job)
     assert out.returncode == 2 and "no study was started on this machine" in out.stdout
+
+
+def test_without_setsid_the_study_runs_in_the_call_within_its_cap(job: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    # a PATH with bash and the basic tools but no setsid
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "env", "mkdir", "rm", "sleep", "seq", "cat", "dirname"):
+        found = shutil.which(tool)
+        assert found is not None
+        (bin_dir / tool).symlink_to(found)
+    out = call("detach.sh", {**job, "PATH": str(bin_dir)}, BUDGET="900", STUB_STEPS="1",
+               STUB_SLEEP="0")
+    assert "no setsid here" in out.stdout and "stub: limit 540" in out.stdout
+    assert out.returncode == 124 and (tmp_path / "out" / "study.md").exists()

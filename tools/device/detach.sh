@@ -35,6 +35,12 @@ if [ "$LIMIT" -lt 60 ]; then
   echo "detach: a ${LIMIT} s study is too short to train (BUDGET - RESERVE < 60): fetch and give back"
   exit 2
 fi
+if ! command -v setsid >/dev/null; then
+  # No setsid (util-linux) on this image: the study cannot outlive the call, so run it in the
+  # foreground within the call's 600 s cap, as sessions 1-2 did (then LIMIT=<B-120> again).
+  echo "detach: no setsid here; running short_tier.sh in this call (LIMIT=$(( LIMIT < 540 ? LIMIT : 540 )) s)"
+  exec env LIMIT=$(( LIMIT < 540 ? LIMIT : 540 )) bash "$SCRIPT"
+fi
 rm -rf "$JOB"
 mkdir -p "$JOB/out"
 # The job records its own pid (setsid may fork, so $! need not be it) and writes its exit
