@@ -81,6 +81,7 @@ teacher:
   cache_views: used
   cache_dtype: float16
   cache_max_gb: 16.0
+  cache_batch_size: null
 loss: {name: ce, args: {}}
 data:
   dataset: cifar100
@@ -713,7 +714,7 @@ def test_help_lists_every_key_with_type_default_and_help() -> None:
     + loss 2 + data 10 + optim 5 + schedule 4 + train 15 + paper 3 = 53), defaults in YAML
     flow style."""
     lines = describe_config()
-    assert len(lines) == 53
+    assert len(lines) == 54
     assert lines[0] == (
         "  experiment (str | null) = null  run name; default: config path under configs/"
     )
@@ -728,6 +729,9 @@ def test_help_lists_every_key_with_type_default_and_help() -> None:
          "summary.json"),
         ("  teacher.cache_max_gb (float) = 16.0  largest teacher-logit cache teacher.cache "
          "may build (GB)"),
+        ("  teacher.cache_batch_size (int | null) = null  teacher forwards per batch while "
+         "building the cache (default: data.eval_batch_size on a GPU, data.batch_size on a "
+         "CPU); only the build's speed depends on it"),
         "  data.num_workers (int) = 4  DataLoader worker processes",
     ]
     for line in expected:

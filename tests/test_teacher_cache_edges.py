@@ -27,11 +27,13 @@ from figkd.data.transforms import PRESETS, SmallImagePreset, register_preset
 from figkd.engine.file_lock import exclusive
 from figkd.engine.teacher_cache import (
     CacheKeyMismatchError,
+    CacheRangeError,
     CropFlipViews,
     ViewLogitCache,
     cache_fields,
     cache_key,
     build_view_logits,
+    cache_batch_size,
     load_or_build,
     state_dict_sha256,
     stored_logits,
@@ -456,7 +458,8 @@ def _run(tmp_path: Path, images: Any, classes: int, mode: str, dtype: str, max_g
     """The config and data a trainer hands :func:`resolve_teacher_cache`, as plain stubs."""
     cfg = SimpleNamespace(
         teacher=SimpleNamespace(cache=mode, cache_dtype=dtype, cache_max_gb=max_gb,
-                                cache_views="all", cache_dir=str(tmp_path / "cache")),
+                                cache_views="all", cache_dir=str(tmp_path / "cache"),
+                                cache_batch_size=None),
         data=SimpleNamespace(preset=PRESET, dataset="hand", val_fraction=0.1, val_seed=3,
                              batch_size=64, eval_batch_size=64),
         train=SimpleNamespace(epochs=1, channels_last=False),
@@ -547,3 +550,58 @@ def test_one_image_is_enough_and_none_is_refused() -> None:
     torch.testing.assert_close(logits[:, 8], live, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="empty dataset"):
         build_view_logits(teacher, image[:0], PRESET, scale=16.0)
+
+
+# --------------------------------------------------------------------------- the range check
+
+
+class OneBadBatch(nn.Module):
+    """Logits 0.5 everywhere, except ``value`` in one entry of the ``bad_call``-th batch."""
+
+    def __init__(self, bad_call: int, value: float) -> None:
+        super().__init__()
+        self.bad_call, self.value, self.calls = bad_call, value, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = torch.full((len(x), 3), 0.5)
+        if self.calls == self.bad_call:
+            out[len(x) // 2, 1] = self.value
+        return out
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (7.0e4, r"\|z\| = 7e\+04, beyond torch.float16"),
+    (math.inf, "non-finite logits"),
+    (math.nan, "non-finite logits"),
+])
+def test_one_bad_logit_in_a_middle_batch_fails_the_fill_and_fills_nothing(
+    value: float, message: str
+) -> None:
+    # the check runs once after the last batch (no GPU sync per batch), so it must still
+    # see a value in batch 2 of 3, and the pairs must not count as filled
+    cache = ViewLogitCache.empty(5, 3, VIEWS)
+    images = torch.zeros(5, 1, 8, 8, dtype=torch.uint8)
+    teacher = OneBadBatch(bad_call=2, value=value)
+    with pytest.raises(CacheRangeError, match=message):
+        cache.fill(teacher, images, PRESET, scale=16.0, batch_size=30)
+    assert teacher.calls == 3 and not cache.filled.any()
+    wide = ViewLogitCache.empty(5, 3, VIEWS, dtype=torch.float32)
+    if math.isfinite(value):  # float32 holds 7e4: stored exactly, beside the 0.5s
+        assert wide.fill(OneBadBatch(2, value), images, PRESET, scale=16.0, batch_size=30) == 90
+        assert wide.filled.all() and (wide.logits == value).sum() == 1
+        assert (wide.logits == 0.5).sum() == 90 * 3 - 1
+
+
+def test_the_build_batch_follows_teacher_cache_batch_size() -> None:
+    cfg = SimpleNamespace(teacher=SimpleNamespace(cache_batch_size=None),
+                          data=SimpleNamespace(batch_size=64, eval_batch_size=256))
+    assert cache_batch_size(cfg, torch.device("cpu")) == 64
+    assert cache_batch_size(cfg, torch.device("cuda")) == 256
+    cfg.teacher.cache_batch_size = 2048
+    assert cache_batch_size(cfg, torch.device("cpu")) == 2048
+    assert cache_batch_size(cfg, torch.device("cuda")) == 2048
+    from figkd.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="teacher.cache_batch_size must be >= 1, got 0"):
+        load_config(None, ["teacher.cache_batch_size=0"])

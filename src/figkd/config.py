@@ -93,6 +93,13 @@ class TeacherConfig:
     cache_max_gb: float = field(
         default=16.0, metadata=_help("largest teacher-logit cache teacher.cache may build (GB)")
     )
+    cache_batch_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "teacher forwards per batch while building the cache (default: data.eval_batch_size "
+            "on a GPU, data.batch_size on a CPU); only the build's speed depends on it"
+        ),
+    )
 
 
 @dataclass
@@ -671,6 +678,8 @@ def validate_config(cfg: Config) -> None:
     }
     if cfg.train.max_steps_per_epoch is not None:
         positive["train.max_steps_per_epoch"] = cfg.train.max_steps_per_epoch
+    if cfg.teacher.cache_batch_size is not None:
+        positive["teacher.cache_batch_size"] = cfg.teacher.cache_batch_size
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")

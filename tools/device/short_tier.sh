@@ -9,7 +9,8 @@
 #              turns: benchmarks/results/gpu_concurrency.md) when a client can use it; MPS=off
 #   SHARDS=.device/tiny32   STUDY_OUT=.device/study   (both git-ignored, kept while warm)
 #   STUDY_ARGS="--epochs 2 --seeds 0 ..."   extra `figkd study` options (none on the device)
-#   OVERRIDES="train.channels_last=true teacher.cache=auto"   key=value for every run
+#   OVERRIDES="train.channels_last=true teacher.cache=auto teacher.cache_batch_size=1024"
+#              key=value for every run (the cache's build batch: 4x the eval batch, unmeasured)
 #   PY=python3   the interpreter (the device image's, which has torch)
 #   FINISH_ONLY=1  skip the study: only the tables and the state export of what the study
 #                  folder holds (attach.sh uses it when a detached study died mid-way)
@@ -28,7 +29,7 @@ LIMIT=${LIMIT:-540}
 SHARDS=${SHARDS:-.device/tiny32}
 STUDY_OUT=${STUDY_OUT:-.device/study}
 STUDY_ARGS=${STUDY_ARGS:-}
-OVERRIDES=${OVERRIDES:-train.channels_last=true teacher.cache=auto}
+OVERRIDES=${OVERRIDES:-train.channels_last=true teacher.cache=auto teacher.cache_batch_size=1024}
 OUT=${OUT:-.device/out}
 STATE_IN=${STATE_IN:-.device/state}
 STATE_MIB=${STATE_MIB:-230}
@@ -156,6 +157,9 @@ for f in study.json report.csv report.md; do [ -f "$dir/$f" ] && cp "$dir/$f" "$
 [ -f "$STUDY_OUT/gpu.csv" ] && cp "$STUDY_OUT/gpu.csv" "$pack/results/"
 mv "$OUT/plan.txt" "$pack/results/plan.txt"
 tail -n 300 "$LOG" > "$pack/results/device_log_tail.txt"
+# The runs' teacher-cache lines (build rate, pairs computed, seconds with the lock wait): the
+# run logs themselves stay on the machine
+grep -H "teacher cache" "$dir"/logs/*.log > "$pack/results/cache_log.txt" 2>/dev/null
 ( cd "$STUDY_OUT" && find "$TIER" \( -name checkpoints -o -name tensorboard -o -name logs -o -name data \) -prune -o -type f -print \
     | tar -cf - -T - ) | tar -xf - -C "$pack/results" 2>/dev/null
 tar -czf "$OUT/results.tar.gz" -C "$pack" results && rm -rf "$pack"

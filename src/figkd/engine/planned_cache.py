@@ -36,6 +36,7 @@ from figkd.engine.teacher_cache import (
     DTYPES,
     CacheKeyMismatchError,
     build_on_rank0,
+    cache_batch_size,
     cache_key,
     check_stored_key,
     state_dict_sha256,
@@ -265,8 +266,8 @@ def resolve_planned_cache(cfg: Any, data: Any, teacher: nn.Module, teacher_recor
         for epoch in range(first_epoch, epochs + 1):
             for rank in range(ctx.world_size):
                 needed[epoch - 1, source.positions(epoch, rank, ctx.world_size)] = True
-    batch = cfg.data.eval_batch_size if device.type == "cuda" else cfg.data.batch_size
-    kwargs = dict(device=device, batch_size=max(batch, 1), num_workers=cfg.data.num_workers,
+    kwargs = dict(device=device, batch_size=cache_batch_size(cfg, device),
+                  num_workers=cfg.data.num_workers,
                   channels_last=cfg.train.channels_last, log=say)
     plain = getattr(teacher, "_orig_mod", teacher)
     cache, info = build_on_rank0(
