@@ -35,12 +35,12 @@ from figkd.engine.file_lock import exclusive
 from figkd.engine.teacher_cache import (
     DTYPES,
     CacheKeyMismatchError,
+    LogitRange,
     build_on_rank0,
     cache_batch_size,
     cache_key,
     check_stored_key,
     state_dict_sha256,
-    stored_logits,
     tensor_sha256,
 )
 
@@ -97,6 +97,7 @@ class PlannedLogitCache:
         start = last = time.perf_counter()
         try:
             for epoch in range(1, todo.shape[0] + 1):
+                seen = LogitRange(device)  # checked once per epoch, before it counts as filled
                 index = todo[epoch - 1].nonzero().flatten()
                 if not len(index):
                     continue
@@ -111,8 +112,9 @@ class PlannedLogitCache:
                     x = images.to(device)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    out = stored_logits(teacher(x).float(), self.logits.dtype)
-                    self.logits[epoch - 1, rows.to(device)] = out
+                    out = teacher(x).float()
+                    seen.add(out)
+                    self.logits[epoch - 1, rows.to(device)] = out.to(self.logits.dtype)
                     done += len(images)
                     now = time.perf_counter()
                     if log is not None and now - last > 30:
@@ -120,6 +122,7 @@ class PlannedLogitCache:
                         log(f"teacher cache (planned crops): {done}/{total} views, "
                             f"{rate:.0f} img/s, {(total - done) / rate / 60:.1f} min left")
                         last = now
+                seen.check(self.logits.dtype)
                 self.filled[epoch - 1] |= todo[epoch - 1]
         finally:
             teacher.train(was_training)

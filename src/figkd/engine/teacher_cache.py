@@ -83,12 +83,33 @@ def check_range(non_finite: int, peak: float, dtype: torch.dtype) -> None:
         )
 
 
+class LogitRange:
+    """The non-finite count and largest finite ``|z|`` of every batch a build adds, kept on
+    the device and read by :meth:`check` once: reading them per batch would make the build
+    wait for the GPU at every batch."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.peak = torch.zeros((), device=device)
+        self.non_finite = torch.zeros((), dtype=torch.long, device=device)
+
+    def add(self, logits: Tensor) -> None:
+        if not logits.numel():
+            return
+        finite = torch.isfinite(logits)
+        self.non_finite += (~finite).sum()
+        self.peak = torch.maximum(self.peak, logits.where(finite, 0.0).abs().amax())
+
+    def check(self, dtype: torch.dtype) -> None:
+        """:func:`check_range` on everything added so far (one device-to-host read)."""
+        check_range(int(self.non_finite), float(self.peak), dtype)
+
+
 def stored_logits(logits: Tensor, dtype: torch.dtype) -> Tensor:
     """``logits`` (float32) cast to the cache's ``dtype``, refusing what the cast would break
     (:func:`check_range`)."""
-    finite = torch.isfinite(logits)
-    peak = float(logits.where(finite, 0.0).abs().max()) if logits.numel() else 0.0
-    check_range(int((~finite).sum()), peak, dtype)
+    seen = LogitRange(logits.device)
+    seen.add(logits)
+    seen.check(dtype)
     return logits.to(dtype)
 
 
@@ -337,10 +358,7 @@ class ViewLogitCache:
         was_training = teacher.training
         teacher.eval()
         device = self.logits.device
-        # |z| peak and non-finite count of every batch, kept on the device and read once at
-        # the end: a per-batch check would stop the GPU's queue at every batch
-        peak = torch.zeros((), device=device)
-        bad = torch.zeros((), dtype=torch.long, device=device)
+        seen = LogitRange(device)  # checked once after the last batch
         start_time = last_log = time.perf_counter()
         for done in range(0, total, batch_size):
             index = samples[done : done + batch_size]
@@ -350,9 +368,7 @@ class ViewLogitCache:
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             logits = teacher(x).float()
-            finite = torch.isfinite(logits)
-            bad += (~finite).sum()
-            peak = torch.maximum(peak, logits.where(finite, 0.0).abs().amax())
+            seen.add(logits)
             self.logits[index.to(device), view.to(device)] = logits.to(self.logits.dtype)
             now = time.perf_counter()
             if log is not None and now - last_log > 30:
@@ -360,7 +376,7 @@ class ViewLogitCache:
                 log(f"teacher cache: {done + len(index)}/{total} views, {rate:.0f} img/s, "
                     f"{(total - done - len(index)) / rate / 60:.1f} min left")
                 last_log = now
-        check_range(int(bad), float(peak), self.logits.dtype)  # before any pair counts as filled
+        seen.check(self.logits.dtype)  # before any pair counts as filled
         self.filled |= todo
         teacher.train(was_training)
         return total
