@@ -421,7 +421,7 @@ YamlLoader.add_implicit_resolver(
 
 def load_yaml(text: str) -> Any:
     """``text`` parsed with :class:`YamlLoader` (config files, overrides, run configs)."""
-    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=YamlLoader)
 
 
 def read_yaml_with_bases(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:

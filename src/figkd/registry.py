@@ -33,7 +33,7 @@ class Registry(Generic[T]):
         """Decorator that registers an entry under ``name`` (default: its ``__name__``)."""
 
         def decorator(entry: T) -> T:
-            key = name if name is not None else getattr(entry, "__name__")
+            key = name if name is not None else entry.__name__
             self.add(key, entry, aliases=aliases)
             return entry
 

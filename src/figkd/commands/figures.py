@@ -86,11 +86,11 @@ def find_teacher_checkpoint(student: Path, folder: Path) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from figkd.analysis.frequency import frequency_figure
     from figkd.analysis.runs import load_run
     from figkd.analysis.tsne import tsne_figure
-
-    import torch
 
     torch.set_num_threads(args.threads)
     explicit = {k: getattr(args, k) for k in ("teacher", "ce", "kd", "figkd") if getattr(args, k)}

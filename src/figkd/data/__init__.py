@@ -47,8 +47,8 @@ from figkd.data.image_folder import ImageFolderDataset
 from figkd.data.mit67 import MITIndoor67
 from figkd.data.paired import PairedViews, build_paired_transforms
 from figkd.data.randaugment import Cutout, RandAugment
-from figkd.data.splits import DatasetSubset, stratified_split
 from figkd.data.shards import ShardDataset, read_shards, write_shards
+from figkd.data.splits import DatasetSubset, stratified_split
 from figkd.data.stanford40 import Stanford40
 from figkd.data.stanford_dogs import StanfordDogs
 from figkd.data.tiny_imagenet import TinyImageNet, extract_tiny_imagenet_tar
@@ -63,13 +63,49 @@ from figkd.data.transforms import (
 )
 
 __all__ = [
-    "BatchAugment", "CIFAR100", "CUB200", "CorruptImageError", "Cutout", "DATA_ENV", "DATASETS",
-    "DatasetEntry", "DatasetNotFoundError", "DatasetSubset", "Digits", "GPUBatchLoader",
-    "ImageFileDataset", "ImageFolderDataset", "LargeImagePreset", "MITIndoor67", "PRESETS",
-    "PairedViews", "RandAugment", "SPLITS", "ShardDataset", "SmallImagePreset", "Stanford40", "StanfordDogs",
-    "TensorImageCache", "TinyImageNet", "build_paired_transforms", "build_transforms",
-    "build_uint8_cache", "dataset_error", "decode_to_uint8", "epoch_generator",
-    "extract_tiny_imagenet_tar", "get_dataset_info", "get_preset", "list_datasets",
-    "list_presets", "load_dataset", "read_shards", "load_rgb", "register_dataset", "register_preset",
-    "resolve_root", "stratified_split", "write_shards",
+    "CIFAR100",
+    "CUB200",
+    "DATASETS",
+    "DATA_ENV",
+    "PRESETS",
+    "SPLITS",
+    "BatchAugment",
+    "CorruptImageError",
+    "Cutout",
+    "DatasetEntry",
+    "DatasetNotFoundError",
+    "DatasetSubset",
+    "Digits",
+    "GPUBatchLoader",
+    "ImageFileDataset",
+    "ImageFolderDataset",
+    "LargeImagePreset",
+    "MITIndoor67",
+    "PairedViews",
+    "RandAugment",
+    "ShardDataset",
+    "SmallImagePreset",
+    "Stanford40",
+    "StanfordDogs",
+    "TensorImageCache",
+    "TinyImageNet",
+    "build_paired_transforms",
+    "build_transforms",
+    "build_uint8_cache",
+    "dataset_error",
+    "decode_to_uint8",
+    "epoch_generator",
+    "extract_tiny_imagenet_tar",
+    "get_dataset_info",
+    "get_preset",
+    "list_datasets",
+    "list_presets",
+    "load_dataset",
+    "load_rgb",
+    "read_shards",
+    "register_dataset",
+    "register_preset",
+    "resolve_root",
+    "stratified_split",
+    "write_shards",
 ]

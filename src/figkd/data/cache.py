@@ -26,7 +26,7 @@ from figkd.data.splits import stratified_split
 CACHE_ENV = "FIGKD_CACHE"
 CACHE_FORMAT = 1
 
-_MEMORY: dict[str, "TensorImageCache"] = {}
+_MEMORY: dict[str, TensorImageCache] = {}
 
 
 @dataclass
@@ -61,12 +61,12 @@ class TensorImageCache:
     def image_size(self) -> tuple[int, int]:
         return int(self.images.shape[2]), int(self.images.shape[3])
 
-    def subset(self, indices: Any, split: str | None = None) -> "TensorImageCache":
+    def subset(self, indices: Any, split: str | None = None) -> TensorImageCache:
         index = torch.as_tensor(indices, dtype=torch.long)
         return replace(self, images=self.images[index], targets=self.targets[index],
                        split=split or self.split)
 
-    def to(self, device: torch.device | str) -> "TensorImageCache":
+    def to(self, device: torch.device | str) -> TensorImageCache:
         return replace(self, images=self.images.to(device), targets=self.targets.to(device))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -83,7 +83,7 @@ class TensorImageCache:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "TensorImageCache":
+    def load(cls, path: str | os.PathLike[str]) -> TensorImageCache:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("format") != CACHE_FORMAT:
             raise ValueError(

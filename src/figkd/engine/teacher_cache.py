@@ -395,7 +395,7 @@ class ViewLogitCache:
         """Read a cache file; with ``expected`` fields, refuse a file built for anything else."""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - torch's unpickler raises many types on junk
+        except Exception as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise CacheKeyMismatchError(
                 f"cannot read the teacher-logit cache {path}: it is damaged, truncated or holds "

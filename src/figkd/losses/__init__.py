@@ -32,16 +32,16 @@ _import_all_methods()
 
 __all__ = [
     "LOSSES",
+    "CELoss",
+    "DISTLoss",
+    "DKDLoss",
     "DistillationLoss",
+    "FiGKDLoss",
+    "KDLoss",
+    "MLKDLoss",
     "build_loss",
+    "kd_divergence",
     "list_losses",
     "register_loss",
-    "CELoss",
-    "KDLoss",
-    "FiGKDLoss",
-    "DKDLoss",
-    "DISTLoss",
-    "MLKDLoss",
-    "kd_divergence",
     "standardize_logits",
 ]

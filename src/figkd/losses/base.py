@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from figkd.registry import Registry
 
-LOSSES: Registry[type["DistillationLoss"]] = Registry("loss")
+LOSSES: Registry[type[DistillationLoss]] = Registry("loss")
 
 
 def register_loss(name: str, *, aliases: tuple[str, ...] = ()):
@@ -41,7 +41,7 @@ class LossOptionError(ValueError):
         self.problem = problem
 
 
-def build_loss(name: str, **kwargs: Any) -> "DistillationLoss":
+def build_loss(name: str, **kwargs: Any) -> DistillationLoss:
     """Instantiate the loss registered as ``name``; unknown options are a ValueError.
 
     An option declared (or defaulting to) ``int`` / ``float`` given a string is converted,
@@ -143,7 +143,7 @@ class DistillationLoss(nn.Module):
         nothing, hence the no-op default.
         """
 
-    def forward(  # noqa: D102 - documented on the class
+    def forward(
         self,
         student_logits: Tensor,
         teacher_logits: Tensor | None,

@@ -48,8 +48,8 @@ from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
 from figkd.losses.feature_utils import match_spatial, probe_features, require_setup
-from figkd.losses.precision import as_float
 from figkd.losses.kd import check_temperature, kd_divergence
+from figkd.losses.precision import as_float
 from figkd.losses.validation import check_weight
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]

@@ -126,7 +126,7 @@ def read_checkpoint_file(
             "pickles objects besides tensors and plain containers (figkd loads with "
             f"weights_only=True; save a state_dict, or copy the file again){detail}"
         ) from error
-    except Exception as error:  # noqa: BLE001 - torch's unpickler raises many types on junk
+    except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
             f"cannot read checkpoint {path}: the file is damaged, truncated or not a torch "
