@@ -4,8 +4,9 @@ The paper's recipe is the default (SGD 0.9 / 5e-4, batch 64, 240 epochs, LR
 0.05 or 0.01 for ShuffleNet/MobileNetV2, x0.1 after epochs 150/180/210).  Each
 epoch trains, evaluates (top-1, top-5, CE loss) on the validation split carved
 from train and on the test split, keeps ``best.pt`` by validation top-1, and
-writes ``last.pt`` atomically.  A NaN/inf loss stops the run before the
-optimizer step, naming the step and term, with ``last.pt`` untouched.
+writes ``last.pt`` atomically.  A NaN/inf loss stops the run within one step (the check is
+read a step late so it never stalls the GPU: engine/finite_check.py), naming the step and
+term, before any checkpoint holds it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from figkd.engine.checkpoint import (
     unwrap,
 )
 from figkd.engine.data import build_data, legacy_data_path, train_preset
+from figkd.engine.finite_check import DeferredFiniteCheck, NonFiniteStep
 from figkd.engine.metrics import SumMeter, topk_correct
 from figkd.engine.optim import build_optimizer, lr_at, scale_milestones, set_lr
 from figkd.engine.progress import EpochProgress, epoch_line
@@ -255,33 +257,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def _check_finite(
-        self,
-        total: torch.Tensor,
-        terms: dict[str, torch.Tensor],
-        epoch: int,
-        step: int,
-        global_step: int,
-    ) -> None:
-        local_ok = torch.isfinite(total.detach()).all().reshape(1).float()
-        all_ok = local_ok.clone()
-        if self.ctx.enabled:  # every rank must stop together, or the others hang
-            dist_utils.all_reduce_sum(all_ok, self.ctx)
-            all_ok = (all_ok >= self.ctx.world_size).float()
-        if bool(all_ok.item()):
-            return
-        bad = [
-            f"{name}={value.item()}"
-            for name, value in terms.items()
-            if not bool(torch.isfinite(value.detach()).all())
-        ]
-        if bad:
-            named = "term " + ", ".join(bad)
-        elif bool(local_ok.item()):
-            named = "on another rank (its log names the term)"
-        else:
-            named = f"total={total.item()} (every term is finite; their sum overflowed)"
-        raise NonFiniteLossError(self._non_finite_message(named, epoch, step, global_step))
+    def _raise_if_bad(self, failure: NonFiniteStep | None) -> None:
+        if failure is not None:
+            raise NonFiniteLossError(
+                self._non_finite_message(
+                    failure.named, failure.epoch, failure.step, failure.global_step
+                )
+            )
 
     def _non_finite_message(self, named: str, epoch: int, step: int, global_step: int) -> str:
         last_good = epoch - 1
@@ -292,7 +274,8 @@ class Trainer:
         )
         return (
             f"non-finite loss at epoch {epoch}, step {step} (global step {global_step}): "
-            f"{named}. The optimizer step was skipped and {kept}. Lower optim.lr, "
+            f"{named}. Training stopped before another checkpoint was written: {kept}. "
+            "Lower optim.lr, "
             "use train.amp=none, or inspect the data; then --resume from the last checkpoint"
         )
 
@@ -517,6 +500,7 @@ class Trainer:
             cfg.train.log_every,
             self.prefix,
         )
+        finite = DeferredFiniteCheck(self.device, self.ctx)  # read one step late: no GPU stall
         for step, (images, targets, index, cached) in enumerate(self._train_batches(epoch), 1):
             state.global_step += 1
             try:
@@ -525,19 +509,21 @@ class Trainer:
                         images, targets, teacher_logits=cached, index=index, epoch=epoch
                     )
             except NonFiniteLogitsError as error:  # a loss's own input check (validation on)
+                self._raise_if_bad(finite.flush())  # an earlier bad step is the first cause
                 raise NonFiniteLossError(
                     self._non_finite_message(str(error), epoch, step, state.global_step)
                 ) from error
             total = sum(terms.values())
-            self._check_finite(total, terms, epoch, step, state.global_step)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             _average_loss_grads(self.loss, self.ctx)  # DDP syncs the student's only
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self._raise_if_bad(finite.push(total, terms, epoch, step, state.global_step))
             meter.add({"loss": total, **terms}, len(targets))
             meter.add_sums({"top1": topk_correct(logits.detach().float(), targets, (1,))[1]}, 0)
             progress.update(float(total.detach()) if progress.needs_loss() else None)
+        self._raise_if_bad(finite.flush())  # before the epoch is evaluated or checkpointed
         progress.close()
         keys, vector = meter.state()
         dist_utils.all_reduce_sum(vector, self.ctx)
