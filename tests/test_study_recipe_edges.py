@@ -45,6 +45,27 @@ def test_paper_tier_teachers_follow_the_paper_schedule() -> None:
     assert S.TIERS["short"].teacher_milestones == [37, 45, 52]
 
 
+def test_gpu_tier_teachers_take_batch_256_at_a_linearly_scaled_lr(tmp_path: Path) -> None:
+    # docs/reproduction.md: the GPU tiers' teachers train at batch 256 with the LR scaled
+    # linearly from the paper's 0.05 at 64 (0.2; vgg13 too: it is not a low-LR model), while
+    # every student keeps the paper's batch 64 and its default LR
+    for tier in ("short", "paper"):
+        study = S.plan_study(S.TIERS[tier], tmp_path / tier, tmp_path, device="cpu", write=False)
+        for job in study.teachers.values():
+            assert job.config.data.batch_size == 256, tier
+            assert job.config.optim.lr == pytest.approx(0.2), tier
+        jobs = S.student_jobs(study, {p.name: "0" * 64 for p in study.tier.pairs}, write=False)
+        assert {(j.config.data.batch_size, j.config.optim.lr) for j in jobs} == {(64, None)}
+    # the smoke tier (and any tier without the field) trains its teacher like its students
+    smoke = S.plan_study(S.TIERS["smoke"], tmp_path / "smoke", tmp_path, device="cpu", write=False)
+    teacher = next(iter(smoke.teachers.values())).config
+    assert (teacher.data.batch_size, teacher.optim.lr) == (64, None)
+    # a low-LR teacher (MobileNetV2's 0.01) scales from its own default: 0.01 x 128 / 64
+    assert dataclasses.replace(smoke.tier, teacher_batch_size=128).teacher_recipe(
+        "MobileNetV2"
+    ) == (128, pytest.approx(0.02))
+
+
 def test_recipe_objects_cannot_be_changed_in_place() -> None:
     # TIERS is module state shared by every study of a process: an in-place edit by one
     # caller would silently change the recipe of all later ones

@@ -50,6 +50,7 @@ from figkd.config import (
     apply_overrides,
     config_from_dict,
     config_to_dict,
+    default_lr,
     save_config,
     validate_config,
 )
@@ -184,6 +185,11 @@ class Tier:
     test_per_class: int | None = None
     val_fraction: float = 0.1
     batch_size: int = 64
+    #: the teacher's batch (None: ``batch_size``), its LR scaled linearly from the model's
+    #: default (Goyal et al. 2017).  The paper distils from teachers trained elsewhere, so
+    #: their recipe is ours to pick; a bigger batch means fewer, fuller steps for the
+    #: launch-bound resnet32x4, which is the GPU tiers' critical path (docs/speed.md)
+    teacher_batch_size: int | None = None
     num_workers: int = 4  # DataLoader workers (MLKD's two views; the fast path needs none)
     parallel: int = 1
     threads: int | None = None  # CPU threads per run (None: cores / parallel)
@@ -196,6 +202,13 @@ class Tier:
     @property
     def teacher_milestones(self) -> list[int]:
         return scale_milestones(self.teacher_epochs)
+
+    def teacher_recipe(self, model: str) -> tuple[int, float | None]:
+        """The teacher's batch size and LR (None: the model's default LR, unscaled)."""
+        if self.teacher_batch_size is None or self.teacher_batch_size == self.batch_size:
+            return self.batch_size, None
+        scale = self.teacher_batch_size / self.batch_size
+        return self.teacher_batch_size, default_lr(model) * scale
 
 
 #: mdistiller's DKD beta and the logit-standardization log's (tau, weight) for vgg13 -> vgg8
@@ -224,11 +237,13 @@ TIERS: dict[str, Tier] = {
         name="short",
         description=(
             "GPU: paper recipe scaled to 60 epochs (milestones 37/45/52), 500 train (450 + 50 "
-            "validation) + 50 test images per class, 32x32, resnet32x4 -> resnet8x4"
+            "validation) + 50 test images per class, 32x32, resnet32x4 -> resnet8x4 (teacher: "
+            "batch 256, LR 0.2)"
         ),
         pairs=(Pair("resnet32x4", "resnet8x4"),),
         epochs=60,
         teacher_epochs=60,
+        teacher_batch_size=256,
         parallel=4,
         gpu=True,
     ),
@@ -237,12 +252,13 @@ TIERS: dict[str, Tier] = {
         description=(
             "GPU: the paper's 240-epoch recipe (milestones 150/180/210), 500 train (450 + 50 "
             "validation) + 50 test images per class, 32x32, resnet32x4 -> resnet8x4 and "
-            "vgg13 -> vgg8"
+            "vgg13 -> vgg8 (teachers: batch 256, LR scaled x4)"
         ),
         # resnet32x4 -> resnet8x4's tuned values are the losses' defaults
         pairs=(Pair("resnet32x4", "resnet8x4"), Pair("vgg13", "vgg8", loss_args=VGG13_VGG8)),
         epochs=240,
         teacher_epochs=240,
+        teacher_batch_size=256,
         parallel=4,
         gpu=True,
     ),
@@ -460,7 +476,15 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _base_config(study: Study, *, model: str, args: dict[str, Any], epochs: int) -> dict:
+def _base_config(
+    study: Study,
+    *,
+    model: str,
+    args: dict[str, Any],
+    epochs: int,
+    batch_size: int | None = None,
+    lr: float | None = None,
+) -> dict:
     tier = study.tier
     return {
         "output_dir": str(study.out),
@@ -470,10 +494,11 @@ def _base_config(study: Study, *, model: str, args: dict[str, Any], epochs: int)
             "root": str(study.data_root),
             "preset": tier.preset,
             "val_fraction": tier.val_fraction,
-            "batch_size": tier.batch_size,
+            "batch_size": batch_size or tier.batch_size,
             "num_workers": tier.num_workers,
             **({"args": subset_args(tier)} if subset_args(tier) else {}),
         },
+        **({"optim": {"lr": lr}} if lr is not None else {}),
         "schedule": {"milestones": scale_milestones(epochs)},
         "train": {
             "epochs": epochs,
@@ -535,8 +560,10 @@ def plan_study(
     configs = study.out / "configs"
     key_data = data_key(tier, data_root)
     for pair in tier.pairs:
+        batch_size, lr = tier.teacher_recipe(pair.teacher)
         data = _base_config(
-            study, model=pair.teacher, args=pair.teacher_args, epochs=tier.teacher_epochs
+            study, model=pair.teacher, args=pair.teacher_args, epochs=tier.teacher_epochs,
+            batch_size=batch_size, lr=lr,
         )
         data["experiment"] = "pending"
         draft = config_from_dict(apply_overrides(data, study.overrides))
