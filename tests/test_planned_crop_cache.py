@@ -365,3 +365,23 @@ def test_methods_needing_features_fall_back_and_keep_plain_crops(
     summary = trainer.fit()
     assert summary["teacher_cache"]["status"] == "live"
     assert not isinstance(trainer.data.train.dataset.dataset, PlannedDataset)
+
+
+def test_a_bf16_run_on_the_planned_cache_ends_at_the_live_bf16_runs_weights(
+    tmp_path: Path, tree: Path, teacher_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.amp=bf16: the planned views' cached logits are the live teacher's bf16 ones (the
+    build runs under the run's autocast), so the cached and the live run end alike."""
+    weights, records = {}, {}
+    for name in ("cached", "live"):
+        cfg = run_cfg(tmp_path, name, tree, teacher_file, "on", cache_dtype="float32")
+        cfg.train.amp = "bf16"
+        with monkeypatch.context() as m:
+            if name == "live":  # the same planned views, each scored by the live teacher
+                m.setattr(PlannedLogitCache, "lookup", lambda self, epoch, index, device=None: None)
+            records[name] = Trainer(cfg, tmp_path / name).fit()["teacher_cache"]
+        weights[name] = load_weights_only(tmp_path / name / "checkpoints/last.pt")["model"]
+    assert records["cached"]["status"] == "built" and records["live"]["status"] == "hit"
+    assert PlannedLogitCache.load(records["cached"]["path"]).fields["amp"] == "bf16"
+    for key, value in weights["live"].items():
+        torch.testing.assert_close(weights["cached"][key], value, rtol=1e-5, atol=1e-6)

@@ -315,7 +315,7 @@ def test_cache_fields_hold_what_the_logits_depend_on() -> None:
     assert not images.is_contiguous()
     fields = cache_fields(dataset="hand", split="train", images=images, teacher_sha256="t" * 64,
                           preset=PRESET, scale=16.0, dtype="float16", num_classes=3,
-                          extra={"val_seed": 7})
+                          amp="bf16", extra={"val_seed": 7})
     assert fields == {
         "format": 1,
         "dataset": "hand",
@@ -329,6 +329,7 @@ def test_cache_fields_hold_what_the_logits_depend_on() -> None:
                       "mean": [0.25], "std": [0.5], "scale": 16.0},
         "input_size": [1, 8, 8],
         "num_views": 18,
+        "amp": "bf16",
         "dtype": "float16",
         "val_seed": 7,
     }
@@ -462,7 +463,7 @@ def _run(tmp_path: Path, images: Any, classes: int, mode: str, dtype: str, max_g
                                 cache_batch_size=None),
         data=SimpleNamespace(preset=PRESET, dataset="hand", val_fraction=0.1, val_seed=3,
                              batch_size=64, eval_batch_size=64),
-        train=SimpleNamespace(epochs=1, channels_last=False),
+        train=SimpleNamespace(epochs=1, channels_last=False, amp="none"),
     )
     source = SimpleNamespace(images=images, augment=SimpleNamespace(scale=16.0))
     data = SimpleNamespace(path="fast", train=SimpleNamespace(loader=source), num_classes=classes)

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Subset
 
 from figkd.data.planned_crop import PlannedDataset, dataset_sha256
 from figkd.engine.file_lock import exclusive
+from figkd.engine.precision import autocast
 from figkd.engine.teacher_cache import (
     DTYPES,
     CacheKeyMismatchError,
@@ -83,8 +84,9 @@ class PlannedLogitCache:
     @torch.no_grad()
     def fill(self, teacher: nn.Module, dataset: PlannedDataset, needed: Tensor, *,
              batch_size: int = 256, num_workers: int = 0, channels_last: bool = False,
-             log: Callable[[str], None] | None = None) -> int:
-        """Run the teacher (eval mode, float32) on every ``needed`` (epoch, sample) not filled.
+             amp: str = "none", log: Callable[[str], None] | None = None) -> int:
+        """Run the teacher (eval mode, under ``amp``'s autocast like the live teacher) on every
+        ``needed`` (epoch, sample) not filled.
 
         The images come from ``dataset`` itself - the same decode, planned crop, flip and
         normalisation the training batches use.  Returns the number of views computed.
@@ -112,7 +114,8 @@ class PlannedLogitCache:
                     x = images.to(device)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    out = teacher(x).float()
+                    with autocast(device, amp):
+                        out = teacher(x).float()
                     seen.add(out)
                     self.logits[epoch - 1, rows.to(device)] = out.to(self.logits.dtype)
                     done += len(images)
@@ -165,8 +168,10 @@ class PlannedLogitCache:
 
 def planned_fields(*, dataset: str, split: str, planned: PlannedDataset, epochs: int,
                    teacher_sha256: str, num_classes: int, dtype: str,
-                   mean: Any, std: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything the planned logits depend on, as plain data (stored in the file)."""
+                   mean: Any, std: Any, amp: str = "none",
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the planned logits depend on, as plain data (stored in the file); ``amp``:
+    the autocast the teacher runs under, as in :func:`~figkd.engine.teacher_cache.cache_fields`."""
     table = planned.plan.table(planned.sizes, planned.seed, epochs)
     return {
         "format": FORMAT,
@@ -178,6 +183,7 @@ def planned_fields(*, dataset: str, split: str, planned: PlannedDataset, epochs:
         "teacher_sha256": teacher_sha256,
         "num_classes": int(num_classes),
         "transform": {**planned.plan.describe(), "mean": list(mean), "std": list(std)},
+        "amp": amp,
         "dtype": dtype,
         **(extra or {}),
     }
@@ -203,7 +209,8 @@ def load_or_build_planned(teacher: nn.Module, fields: dict[str, Any], planned: P
                                             dtype=DTYPES[fields["dtype"]], device=device)
             existed = False
         computed = cache.fill(teacher, planned, needed, batch_size=batch_size,
-                              num_workers=num_workers, channels_last=channels_last, log=log)
+                              num_workers=num_workers, channels_last=channels_last,
+                              amp=fields.get("amp", "none"), log=log)
         if computed:
             cache.save(path)
     record = {
@@ -259,7 +266,7 @@ def resolve_planned_cache(cfg: Any, data: Any, teacher: nn.Module, teacher_recor
     fields = planned_fields(
         dataset=cfg.data.dataset, split="train", planned=planned, epochs=epochs,
         teacher_sha256=sha, num_classes=data.num_classes, dtype=cfg.teacher.cache_dtype,
-        mean=spec.mean, std=spec.std,
+        mean=spec.mean, std=spec.std, amp=cfg.train.amp,
         extra={"val_fraction": cfg.data.val_fraction, "val_seed": cfg.data.val_seed},
     )
     needed = torch.zeros(epochs, n, dtype=torch.bool)

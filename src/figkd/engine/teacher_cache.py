@@ -11,11 +11,14 @@ logits as float16 in an ``(N, V, C)`` tensor.  During training the fast-path loa
 reports each batch's crop offsets and flips, :meth:`CropFlipViews.view_ids` turns them
 into view ids, and the teacher's logits are one gather away.  The student sees exactly
 the images (and the augmentation distribution) of a live-teacher run; only the
-source of the teacher's logits changes, by at most float16 rounding.
+source of the teacher's logits changes.  The teacher runs under the run's own autocast
+(``train.amp``), as the live teacher does inside the training step, so a cached logit is
+the live one up to float16 storage and the kernels a batch size picks.
 
 The file is keyed by a SHA-256 over what the logits depend on: dataset name, split,
 sample count and the images themselves, the teacher checkpoint's SHA-256, the
-transform (size, padding, flip, mean, std, pixel scale) and the storage dtype.  It is
+transform (size, padding, flip, mean, std, pixel scale), the precision the teacher ran in
+and the storage dtype.  It is
 written atomically (temp file, fsync, ``os.replace``) under ``teacher.cache_dir`` (default
 ``.cache/teacher_logits/`` in the working directory) and reused by any later run with
 the same key.  A file whose stored key differs from the expected one is an error that
@@ -50,6 +53,7 @@ from figkd.data.planned_crop import CropPlan
 from figkd.distiller import num_views
 from figkd.engine.checkpoint import save_atomic
 from figkd.engine.file_lock import exclusive
+from figkd.engine.precision import autocast
 
 FORMAT = 1
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -219,9 +223,13 @@ def cache_fields(
     scale: float,
     dtype: str,
     num_classes: int,
+    amp: str = "none",
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything the cached logits depend on, as plain data (stored in the file)."""
+    """Everything the cached logits depend on, as plain data (stored in the file).
+
+    ``amp`` is the autocast the teacher runs under (``train.amp``): bf16 logits differ from
+    float32 ones by more than float16 storage does, so each precision has its own file."""
     spec = get_preset(preset)
     views = CropFlipViews.from_preset(spec)
     if views is None:
@@ -245,6 +253,7 @@ def cache_fields(
         },
         "input_size": list(images.shape[1:]),
         "num_views": len(views),
+        "amp": amp,
         "dtype": dtype,
         **(extra or {}),
     }
@@ -341,6 +350,7 @@ class ViewLogitCache:
         scale: float = 255.0,
         batch_size: int = 512,
         channels_last: bool = False,
+        amp: str = "none",
         log: Callable[[str], None] | None = None,
     ) -> int:
         """Run the teacher on every ``needed`` (sample, view) pair not yet filled.
@@ -349,7 +359,8 @@ class ViewLogitCache:
         mixed views share a batch: :meth:`BatchAugment.apply` - the training batches'
         own crop, flip and normalisation arithmetic - takes per-sample parameters, so
         a cached logit comes from exactly the pixels a live teacher would see.  The
-        teacher runs in eval mode in float32.  Returns the number of pairs computed.
+        teacher runs in eval mode under ``amp``'s autocast (the live teacher's precision).
+        Returns the number of pairs computed.
         """
         augment = BatchAugment(preset, train=True, scale=scale)
         todo = ~self.filled if needed is None else needed.cpu() & ~self.filled
@@ -367,7 +378,8 @@ class ViewLogitCache:
             x = augment.apply(images[index.to(images.device)].to(device), params)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits = teacher(x).float()
+            with autocast(device, amp):
+                logits = teacher(x).float()
             seen.add(logits)
             self.logits[index.to(device), view.to(device)] = logits.to(self.logits.dtype)
             now = time.perf_counter()
@@ -429,6 +441,7 @@ def build_view_logits(
     batch_size: int = 512,
     dtype: torch.dtype = torch.float16,
     channels_last: bool = False,
+    amp: str = "none",
     log: Callable[[str], None] | None = None,
 ) -> Tensor:
     """``(N, V, C)`` teacher logits of every sample of uint8 ``images`` in every view."""
@@ -444,7 +457,7 @@ def build_view_logits(
         teacher.train(was_training)
     cache = ViewLogitCache.empty(len(images), classes, views, dtype=dtype, device=device)
     cache.fill(teacher, images, preset, scale=scale, batch_size=batch_size,
-               channels_last=channels_last, log=log)
+               channels_last=channels_last, amp=amp, log=log)
     return cache.logits
 
 
@@ -484,7 +497,8 @@ def load_or_build(
                                          fields, dtype=DTYPES[fields["dtype"]], device=device)
             existed = False
         computed = cache.fill(teacher, images, preset, needed, scale=t["scale"],
-                              batch_size=batch_size, channels_last=channels_last, log=log)
+                              batch_size=batch_size, channels_last=channels_last,
+                              amp=fields.get("amp", "none"), log=log)
         if computed:
             cache.save(path)
     status = "hit" if not computed else ("extended" if existed else "built")
@@ -601,6 +615,7 @@ def resolve_teacher_cache(
         scale=source.augment.scale,
         dtype=cfg.teacher.cache_dtype,
         num_classes=data.num_classes,
+        amp=cfg.train.amp,
         extra={"val_fraction": cfg.data.val_fraction, "val_seed": cfg.data.val_seed},
     )
     needed = None

@@ -43,6 +43,7 @@ from figkd.engine.data import build_data, legacy_data_path, train_preset
 from figkd.engine.finite_check import DeferredFiniteCheck, NonFiniteStep
 from figkd.engine.metrics import SumMeter, topk_correct
 from figkd.engine.optim import build_optimizer, lr_at, scale_milestones, set_lr
+from figkd.engine.precision import autocast
 from figkd.engine.progress import EpochProgress, epoch_line
 from figkd.engine.run_dir import (
     RunDir,
@@ -57,12 +58,6 @@ from figkd.engine.teacher_cache import resolve_teacher_cache
 from figkd.losses import LOSSES, DistillationLoss, build_loss
 from figkd.losses.validation import NonFiniteLogitsError
 from figkd.models import create_model
-
-AMP_DTYPES: dict[str, torch.dtype | None] = {
-    "none": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
 
 #: config keys that may differ when resuming: they change how a run executes, not its result
 RESUME_MAY_CHANGE = (
@@ -109,14 +104,6 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``amp`` in ("bf16", "fp16"); a no-op for "none"."""
-    dtype = AMP_DTYPES[amp]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.no_grad()
