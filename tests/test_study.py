@@ -295,6 +295,61 @@ def test_teacher_free_students_train_beside_the_teachers(
     assert [r["status"] for r in manifest["runs"]] == ["trained"] * 5
 
 
+def _start_order(study: S.Study, monkeypatch: pytest.MonkeyPatch,
+                 fails: str = "") -> tuple[list[str], list[str], dict]:
+    """Labels in the order the runs started (one slot: the queue's order), the study's
+    lines, and its manifest.  The run labelled ``fails`` raises instead of training."""
+    started: list[str] = []
+    original = S._run_in_process
+
+    def recording(job, say):  # noqa: ANN001, ANN202 - test double
+        started.append(job.label.split("/", 1)[1])
+        if job.label.endswith(fails) and fails:
+            raise RuntimeError("out of memory")
+        return original(job, say)
+
+    monkeypatch.setattr(S, "_run_in_process", recording)
+    lines: list[str] = []
+    manifest = S.run_study(study, say=lines.append)
+    return started, lines, manifest
+
+
+def test_first_methods_train_before_the_held_ones(
+    fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--first dkd: DKD's seeds run right after the teacher and CE; KD's wait for both."""
+    methods = [m for m in S.main_methods(1) if m.name in ("ce", "kd", "dkd")]
+    plain = S.plan_study(_tiny_tier(), tmp_path / "plain", fake_root, device="cpu",
+                         methods=methods)
+    order, _, _ = _start_order(plain, monkeypatch)
+    assert order == ["teacher seed0", "ce seed0", "ce seed1", "kd seed0", "kd seed1",
+                     "dkd seed0", "dkd seed1"]  # without --first: the table's order
+    study = S.plan_study(_tiny_tier(), tmp_path / "first", fake_root, device="cpu",
+                         methods=methods, first=["dkd"])
+    order, lines, manifest = _start_order(study, monkeypatch)
+    assert order == ["teacher seed0", "ce seed0", "ce seed1", "dkd seed0", "dkd seed1",
+                     "kd seed0", "kd seed1"]
+    assert "  first dkd: 2 other run(s) wait until these 2 end" in lines
+    assert "first methods ended: 2 held run(s) join the queue" in lines
+    assert [r["status"] for r in manifest["runs"]] == ["trained"] * 7
+    # a second invocation: the first runs are finished (skipped), so the held ones join at once
+    more = S.plan_study(_tiny_tier(seeds=(0, 1, 2)), tmp_path / "first", fake_root,
+                        device="cpu", methods=methods, first=["dkd"])
+    order, lines, _ = _start_order(more, monkeypatch)
+    assert order == ["ce seed2", "dkd seed2", "kd seed2"]
+
+
+def test_a_failed_first_run_still_releases_the_held_ones(
+    fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    methods = [m for m in S.main_methods(1) if m.name in ("kd", "dkd")]
+    study = S.plan_study(_tiny_tier(seeds=(0,)), tmp_path / "out", fake_root, device="cpu",
+                         methods=methods, first=["dkd"])
+    order, _, manifest = _start_order(study, monkeypatch, fails="dkd seed0")
+    assert order == ["teacher seed0", "dkd seed0", "kd seed0"]
+    assert [r["status"] for r in manifest["runs"]] == ["trained", "failed", "trained"]
+
+
 def test_a_failed_teacher_leaves_out_only_its_distilled_students(
     fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

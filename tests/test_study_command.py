@@ -51,6 +51,8 @@ def _args(*argv: str) -> argparse.Namespace:
         ),
         (("--teacher-epochs", "2", "--test-per-class", "5"),
          "figkd study --tier smoke --teacher-epochs 2 --test-per-class 5"),
+        (("--parallel", "12", "--first", "kd", "figkd", "--methods", "ce", "kd", "figkd"),
+         "figkd study --tier smoke --methods ce kd figkd --first kd figkd --parallel 12"),
     ],
 )
 def test_recorded_command_repeats_the_study(argv: tuple[str, ...], expected: str) -> None:
@@ -223,3 +225,28 @@ def test_failed_runs_make_the_command_fail_and_say_how_many(
     assert main(_study_argv(fake_root, tmp_path / "out")) == code
     err = capsys.readouterr().err
     assert ("figkd study: 2 run(s) failed: see study.json" in err) is (code == 1)
+
+
+# --------------------------------------------------------------------------- --first
+
+
+def test_first_keeps_this_studys_methods_and_names_the_rest(
+    fake_root: Path, tmp_path: Path, recorder: Recorder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The device script always passes ``--first kd figkd``; a session that runs only CE and KD
+    must still start, with FiGKD left out of the first group and said so."""
+    argv = _study_argv(fake_root, tmp_path / "out", "kd", "--first", "kd", "figkd",
+                       "--device", "cpu")
+    assert main(argv) == 0
+    assert recorder.studies[-1].first == ["kd"]
+    assert "--first figkd: not in this study's methods, skipped" in capsys.readouterr().out
+
+
+def test_first_refuses_a_name_of_no_method(
+    fake_root: Path, tmp_path: Path, recorder: Recorder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _study_argv(fake_root, tmp_path / "out", "--first", "figdk", "--device", "cpu")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--first: unknown method(s) figdk; choose from ce" in err
+    assert not recorder.studies

@@ -9,6 +9,9 @@
 #              turns: benchmarks/results/gpu_concurrency.md) when a client can use it; MPS=off
 #   SHARDS=.device/tiny32   STUDY_OUT=.device/study   (both git-ignored, kept while warm)
 #   STUDY_ARGS="--epochs 2 --seeds 0 ..."   extra `figkd study` options (none on the device)
+#   FIRST="kd figkd"   `figkd study --first`: these methods' distilled runs go first, the
+#              others join once they have all ended, so a session cut short brings back
+#              whole rows (the checkout holding the mirror may not last: README); FIRST= off
 #   OVERRIDES="train.channels_last=true teacher.cache=auto teacher.cache_batch_size=1024"
 #              key=value for every run (the cache's build batch: 4x the eval batch, unmeasured)
 #   PY=python3   the interpreter (the device image's, which has torch)
@@ -30,6 +33,7 @@ SHARDS=${SHARDS:-.device/tiny32}
 STUDY_OUT=${STUDY_OUT:-.device/study}
 STUDY_ARGS=${STUDY_ARGS:-}
 OVERRIDES=${OVERRIDES:-train.channels_last=true teacher.cache=auto teacher.cache_batch_size=1024}
+FIRST=${FIRST-kd figkd}
 OUT=${OUT:-.device/out}
 STATE_IN=${STATE_IN:-.device/state}
 STATE_MIB=${STATE_MIB:-230}
@@ -110,9 +114,12 @@ fi
 common=(--tier "$TIER" --dataset uint8-shards --data-root "$SHARDS" --out "$STUDY_OUT" --amp "$AMP")
 # shellcheck disable=SC2206
 extra=($STUDY_ARGS)
+first=()
+# shellcheck disable=SC2206
+[ -n "$FIRST" ] && first=(--first $FIRST)   # before STUDY_ARGS, whose own --first wins
 # shellcheck disable=SC2206
 items=($OVERRIDES)  # KEY=VALUE words go first: after --seeds 0 1 they would be read as seeds
-{ echo "== $(date -u +%FT%TZ) short_tier: ${common[*]} --parallel $PARALLEL ${extra[*]} ${items[*]} (limit ${LIMIT}s)"
+{ echo "== $(date -u +%FT%TZ) short_tier: ${common[*]} --parallel $PARALLEL ${first[*]} ${extra[*]} ${items[*]} (limit ${LIMIT}s)"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader; } | tee -a "$LOG"
 
 # timeout signals the whole process group: the study and its run subprocesses stop together;
@@ -122,7 +129,7 @@ if [ "$FINISH_ONLY" = 1 ]; then
   echo "== short_tier: FINISH_ONLY: no study, tables and export of $STUDY_OUT as it is" | tee -a "$LOG"
 else
   timeout --kill-after=20 "$LIMIT" "$PY" -m figkd study "${items[@]}" "${common[@]}" \
-    --parallel "$PARALLEL" "${extra[@]}" 2>&1 | tee -a "$LOG"
+    --parallel "$PARALLEL" "${first[@]}" "${extra[@]}" 2>&1 | tee -a "$LOG"
   status=$?
   if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
     echo "== short_tier: stopped at the ${LIMIT}s limit; call again to resume" | tee -a "$LOG"

@@ -426,6 +426,8 @@ class Study:
     threads: int | None
     overrides: list[str]
     teachers: dict[str, Job] = field(default_factory=dict)  # pair name -> teacher job
+    #: methods whose distilled runs go first; the others join once these have all ended
+    first: list[str] = field(default_factory=list)
 
     def teacher_checkpoint(self, pair: Pair) -> Path:
         """The weights-only file students distil from (see :func:`teacher_weights`)."""
@@ -537,11 +539,12 @@ def plan_study(
     parallel: int | None = None,
     threads: int | None = None,
     overrides: Sequence[str] = (),
+    first: Sequence[str] = (),
     write: bool = True,
 ) -> Study:
     """The study: teacher configs written to ``<out>/<tier>/configs`` (students follow in
     :func:`student_jobs`, once the teachers' checksums are known).  ``write=False`` plans
-    without writing the configs (``study --plan``)."""
+    without writing the configs (``study --plan``).  ``first``: see :func:`run_study`."""
     parallel = max(1, parallel if parallel is not None else tier.parallel)
     if threads is None:
         threads = tier.threads or max(1, (os.cpu_count() or 1) // parallel)
@@ -556,6 +559,7 @@ def plan_study(
         parallel=parallel,
         threads=threads,
         overrides=list(overrides),
+        first=list(first),
     )
     configs = study.out / "configs"
     key_data = data_key(tier, data_root)
@@ -855,7 +859,11 @@ def most_epochs_left_first(jobs: Sequence[Job]) -> list[Job]:
 
 def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = None) -> dict:
     """Teachers and the teacher-free students first; each teacher's distilled students join
-    the queue as soon as it is ready.  Returns the manifest written to study.json."""
+    the queue as soon as it is ready.  Returns the manifest written to study.json.
+
+    With ``study.first`` (method names) only those methods' distilled runs join then; the
+    others are held until every one of them has ended, so a session cut short has whole
+    rows (all seeds of a method) rather than every run half-trained."""
     from figkd.models.checkpoint import file_sha256
 
     start = time.perf_counter()
@@ -867,6 +875,28 @@ def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = N
     for pair in study.tier.pairs:
         pairs_of.setdefault(study.teachers[pair.name].run_dir, []).append(pair.name)
     shas: dict[str, str] = {}
+    first = set(study.first)
+    waiting: set[int] = set()  # id() of released first-method runs that have not ended
+    held: list[Job] = []  # the other distilled runs, until ``waiting`` is empty
+
+    def followers(outcome: Outcome) -> list[Job]:
+        """What an ended run releases: a teacher its students, the last first-method run
+        the held ones."""
+        waiting.discard(id(outcome.job))
+        released = students_of(outcome)
+        if first and released:
+            now = [job for job in released if job.method is not None and job.method.name in first]
+            waiting.update(id(job) for job in now)
+            held.extend(job for job in released if id(job) not in waiting)
+            if now and len(now) < len(released):
+                say(f"  first {', '.join(sorted({j.method.name for j in now if j.method}))}: "
+                    f"{len(released) - len(now)} other run(s) wait until these {len(now)} end")
+            released = now
+        if not waiting and held:
+            say(f"first methods ended: {len(held)} held run(s) join the queue")
+            released += held
+            held.clear()
+        return released
 
     def students_of(outcome: Outcome) -> list[Job]:
         """A teacher's distilled students, pinned to its weights' SHA-256, once it finished."""
@@ -890,7 +920,7 @@ def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = N
     # slots a lone teacher leaves idle (on a briefly lent GPU, that is device time saved).
     free = student_jobs(study, {})
     say(f"teachers ({len(unique)}) and students without a teacher ({len(free)}):")
-    outcomes = execute([*unique, *free], study.parallel, logs, say, gpus, followers=students_of)
+    outcomes = execute([*unique, *free], study.parallel, logs, say, gpus, followers=followers)
     manifest = {
         "tier": study.tier.name,
         "teachers": {

@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         methods = [known[m] for m in args.methods]
     if args.ablations:
         methods += S.ablation_methods(args.ablations)
+    first = first_methods(args.first or [], methods)
     out = Path(args.out)
     if tier.dataset == "tiny-imagenet":
         source = S.locate_tiny_imagenet(args.data_root, Path(args.cache_dir))
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         parallel=args.parallel,
         threads=args.threads,
         overrides=args.items or [],
+        first=first,
         write=not args.plan,  # a plan writes nothing under --out
     )
     command = canonical_command(args)
@@ -147,6 +149,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="a subset of ce kd dkd dist mlkd kd_ls figkd (default: all)",
     )
     parser.add_argument(
+        "--first",
+        nargs="+",
+        metavar="METHOD",
+        help="train these methods' distilled runs first; the others join once these have all "
+        "ended (whole rows if the study is cut short); methods not in this study are skipped",
+    )
+    parser.add_argument(
         "--ablations",
         nargs="+",
         metavar="GROUP",
@@ -179,6 +188,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def first_methods(names: list[str], methods: list[S.Method]) -> list[str]:
+    """``--first``: names of this study's methods; a name of no method at all is an error,
+    one this study does not run (e.g. after ``--methods``) is skipped with a note."""
+    known = {m.name for m in S.main_methods(1)} | {m.name for m in methods}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"--first: unknown method(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(m.name for m in methods)}")
+    chosen = {m.name for m in methods}
+    skipped = [name for name in names if name not in chosen]
+    if skipped:
+        print(f"figkd study: --first {' '.join(skipped)}: not in this study's methods, skipped",
+              flush=True)
+    return [name for name in names if name in chosen]
+
+
 def canonical_command(args: argparse.Namespace) -> str:
     """The command line that repeats this study (options in a fixed order).
 
@@ -186,7 +211,8 @@ def canonical_command(args: argparse.Namespace) -> str:
     would be read as more methods."""
     parts = ["figkd", "study", *(args.items or []), "--tier", args.tier]
     for option in (
-        "out", "dataset", "data_root", "seeds", "methods", "ablations", "parallel", "gpus",
+        "out", "dataset", "data_root", "seeds", "methods", "first", "ablations", "parallel",
+        "gpus",
         "device", "amp", "threads", "epochs", "teacher_epochs", "train_per_class", "test_per_class",
     ):
         value = getattr(args, option)
