@@ -76,6 +76,16 @@ def test_a_bad_step_on_another_rank_stops_this_one_at_the_same_step(monkeypatch:
     assert check.flush() == NonFiniteStep("on another rank (its log names the term)", 3, 7, 107)
 
 
+def test_every_rank_finite_is_no_failure(monkeypatch: Any) -> None:
+    """Two ranks, both finite: the all-reduced flag is 2 of 2."""
+    ctx = dist_utils.DistContext(rank=1, world_size=2)
+    monkeypatch.setattr(type(ctx), "enabled", property(lambda self: True))
+    monkeypatch.setattr(dist_utils, "all_reduce_sum", lambda tensor, ctx: tensor.mul_(2))
+    check = DeferredFiniteCheck(CPU, ctx)
+    assert _push(check, 1, ce=1.0) is None
+    assert check.flush() is None
+
+
 class NaNAt(CELoss):
     """CE whose loss turns NaN at one call; counts the calls (= steps run)."""
 

@@ -326,17 +326,39 @@ def test_first_methods_train_before_the_held_ones(
                      "dkd seed0", "dkd seed1"]  # without --first: the table's order
     study = S.plan_study(_tiny_tier(), tmp_path / "first", fake_root, device="cpu",
                          methods=methods, first=["dkd"])
+    released: list[tuple[str, list[str]]] = []  # (ended run, the runs it let into the queue)
+    original = S.execute
+
+    def recording(jobs, *args, followers, **kwargs):  # noqa: ANN001, ANN202 - test double
+        def noted(outcome):
+            jobs = followers(outcome)
+            released.append((outcome.job.label.split("/")[1],
+                             [job.label.split("/")[1] for job in jobs]))
+            return jobs
+
+        return original(jobs, *args, followers=noted, **kwargs)
+
+    monkeypatch.setattr(S, "execute", recording)
     order, lines, manifest = _start_order(study, monkeypatch)
     assert order == ["teacher seed0", "ce seed0", "ce seed1", "dkd seed0", "dkd seed1",
                      "kd seed0", "kd seed1"]
+    # KD is held, not merely queued behind DKD: it joins when DKD's last run ends, and no
+    # sooner (with more slots than runs it would otherwise start beside DKD)
+    assert released == [
+        ("teacher seed0", ["dkd seed0", "dkd seed1"]), ("ce seed0", []), ("ce seed1", []),
+        ("dkd seed0", []), ("dkd seed1", ["kd seed0", "kd seed1"]), ("kd seed0", []),
+        ("kd seed1", []),
+    ]
     assert "  first dkd: 2 other run(s) wait until these 2 end" in lines
     assert "first methods ended: 2 held run(s) join the queue" in lines
     assert [r["status"] for r in manifest["runs"]] == ["trained"] * 7
     # a second invocation: the first runs are finished (skipped), so the held ones join at once
     more = S.plan_study(_tiny_tier(seeds=(0, 1, 2)), tmp_path / "first", fake_root,
                         device="cpu", methods=methods, first=["dkd"])
+    released.clear()
     order, lines, _ = _start_order(more, monkeypatch)
     assert order == ["ce seed2", "dkd seed2", "kd seed2"]
+    assert ("dkd seed2", ["kd seed2", "kd seed0", "kd seed1"]) in released  # longest first
 
 
 def test_a_failed_first_run_still_releases_the_held_ones(
