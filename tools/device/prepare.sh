@@ -55,4 +55,4 @@ echo "repo (tracked + untracked-not-ignored): ${repo_mib} MiB; wheel: $(du -ck .
 for p in $parts; do echo "  $DATA/$p: $(du -sk $DATA/$p | awk '{printf "%.1f", $1/1024}') MiB ($(ls $DATA/$p | tr '\n' ' '))"; done
 echo
 "$PY" tools/device/calls.py
-echo "Each short_tier call stops itself at 540 s and returns study.md, results.tar.gz and state/ (bundle-00) in \$OUT."
+echo "The study stops itself at LIMIT = B - 170 s (detach.sh), and attach.sh returns study.md, results.tar.gz and state/ (bundle-00) in \$OUT."

@@ -188,7 +188,7 @@ class Tier:
     #: the teacher's batch (None: ``batch_size``), its LR scaled linearly from the model's
     #: default (Goyal et al. 2017).  The paper distils from teachers trained elsewhere, so
     #: their recipe is ours to pick; a bigger batch means fewer, fuller steps for the
-    #: launch-bound resnet32x4, which is the GPU tiers' critical path (docs/speed.md)
+    #: launch-bound resnet32x4, which is the GPU tiers' critical path (docs/reproduction.md)
     teacher_batch_size: int | None = None
     num_workers: int = 4  # DataLoader workers (MLKD's two views; the fast path needs none)
     parallel: int = 1
