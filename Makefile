@@ -37,6 +37,7 @@ bench-speed: $(STAMP)
 		--skip-switches --out benchmarks/results/throughput_compile.md
 	$(BIN)/python benchmarks/mlkd_step.py --out benchmarks/results/mlkd_step.md
 	$(BIN)/python benchmarks/strong_view.py --out benchmarks/results/strong_view.md
+	$(BIN)/python benchmarks/aten_calls.py --out benchmarks/results/aten_calls.md
 
 # do the tests notice a changed operator or constant? e.g.
 #   make mutate MODULE=src/figkd/losses/dkd.py TESTS="tests/test_losses_baselines.py -k dkd"

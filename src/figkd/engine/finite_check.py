@@ -51,8 +51,9 @@ class DeferredFiniteCheck:
         self.ctx = ctx
         self._pending: _Pending | None = None
         cuda = device.type == "cuda"
-        # two host slots: the one being written for step k+1 while step k's is read
-        self._slots = [torch.zeros(2, pin_memory=cuda) for _ in range(2)] if cuda else []
+        # two host slots and their events: one written for step k+1 while step k's is read
+        self._slots = [torch.zeros(2, pin_memory=True) for _ in range(2)] if cuda else []
+        self._events = [torch.cuda.Event() for _ in range(2)] if cuda else []
         self._next = 0
 
     def push(
@@ -67,16 +68,13 @@ class DeferredFiniteCheck:
         flags = torch.cat([local_ok, all_ok])
         done = None
         if self._slots:
-            slot = self._slots[self._next]
+            slot, done = self._slots[self._next], self._events[self._next]
             self._next ^= 1
             slot.copy_(flags, non_blocking=True)
-            done = torch.cuda.Event()
             done.record()
             flags = slot
-        queued = _Pending(
-            flags, done, total.detach(), {k: v.detach() for k, v in terms.items()},
-            epoch, step, global_step,
-        )
+        # the tensors themselves are kept (read only on a failure): no per-step detach calls
+        queued = _Pending(flags, done, total, dict(terms), epoch, step, global_step)
         previous, self._pending = self._pending, queued
         return self._resolve(previous) if previous is not None else None
 
