@@ -76,6 +76,8 @@ fi
 
 # MLKD's batched strong view on this GPU against the CPU (a few seconds; reports only)
 [ "$FINISH_ONLY" = 1 ] || timeout 60 "$PY" tools/device/check_strong_view.py 2>&1 | tail -n 3 | tee -a "$LOG"
+# Could a later session (a new checkout) retrain the teacher bit for bit? (seconds; reports only)
+[ "$FINISH_ONLY" = 1 ] || timeout 90 "$PY" tools/device/check_determinism.py 2>&1 | tail -n 3 | tee -a "$LOG"
 
 # Progress of earlier sessions (carried from here by collect.sh's mirror): run by run, the
 # further-along copy wins, so importing again on a warm machine changes nothing.

@@ -1,0 +1,55 @@
+"""tools/device/check_determinism.py: can a session's GPU retrain the teacher bit for bit?"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("check_determinism",
+                                              REPO / "tools/device/check_determinism.py")
+check = importlib.util.module_from_spec(spec)
+sys.modules["check_determinism"] = check  # its dataclass looks its module up there
+spec.loader.exec_module(check)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_the_same_seed_gives_the_same_weights_and_another_seed_others() -> None:
+    """On the CPU training is reproducible, so the check must say "equal" there; a changed
+    seed shows the hash does look at the trained weights."""
+    kwargs = {"model_name": "resnet8x4", "steps": 2, "batch": 4}
+    a = check.train("cpu", deterministic=True, **kwargs)
+    b = check.train("cpu", deterministic=True, **kwargs)
+    other = check.train("cpu", deterministic=True, seed=1, **kwargs)
+    assert a.sha256 == b.sha256 != other.sha256
+    assert a.warned == () and a.ms_per_step > 0
+    assert not torch.are_deterministic_algorithms_enabled()  # left as it found it
+
+
+def test_a_difference_and_the_warned_operations_are_reported(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trials = iter([
+        check.Trial("a" * 64, 20.0, ("adaptive_avg_pool2d_backward_cuda does not have one",)),
+        check.Trial("b" * 64, 21.0, ("adaptive_avg_pool2d_backward_cuda does not have one",)),
+        check.Trial("c" * 64, 18.0, ()),
+    ])
+    monkeypatch.setattr(check, "train", lambda device, **kwargs: next(trials))
+    assert check.main(["--device", "cpu"]) == 0  # reports, never stops the study
+    out = capsys.readouterr().out
+    assert "deterministic twice: DIFFERENT (sha256 aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb)" in out
+    assert "21.0 ms a step deterministic (the second trial), 18.0 default" in out
+    assert "no deterministic kernel for: adaptive_avg_pool2d_backward_cuda" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a CPU-only machine")
+def test_without_cuda_it_says_there_is_nothing_to_check(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert check.main([]) == 0
+    assert "no CUDA device here" in capsys.readouterr().out
