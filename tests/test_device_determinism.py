@@ -53,3 +53,32 @@ def test_without_cuda_it_says_there_is_nothing_to_check(
 ) -> None:
     assert check.main([]) == 0
     assert "no CUDA device here" in capsys.readouterr().out
+
+
+def test_the_trained_weights_are_the_documented_recipes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hand-written loop of the recipe the docstring names (seeded batches, channels_last,
+    lr 0.2, momentum 0.9, weight decay 5e-4, cross-entropy, 3 steps) ends at the weights the
+    check hashes; the
+    time is per timed step (the first is untimed): 0.5 s over 2 steps is 250 ms."""
+    import torch.nn.functional as F
+
+    from figkd.engine.teacher_cache import state_dict_sha256
+    from figkd.models import create_model
+
+    clock = iter([10.0, 10.5])
+    monkeypatch.setattr(check.time, "perf_counter", lambda: next(clock))
+    trial = check.train("cpu", deterministic=True, model_name="resnet8x4", steps=3, batch=4,
+                        seed=7)
+    generator = torch.Generator().manual_seed(7)
+    images = torch.randn(4, 3, 32, 32, generator=generator)
+    targets = torch.randint(0, 100, (4,), generator=generator)
+    images = images.contiguous(memory_format=torch.channels_last)  # the runs' layout
+    torch.manual_seed(7)
+    model = create_model("resnet8x4", num_classes=100).to(memory_format=torch.channels_last)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=5e-4)
+    for _ in range(3):
+        sgd.zero_grad()
+        F.cross_entropy(model(images), targets).backward()
+        sgd.step()
+    assert trial.sha256 == state_dict_sha256(model)
+    assert trial.ms_per_step == pytest.approx(250.0)

@@ -42,39 +42,46 @@ def train(device: str, *, deterministic: bool, model_name: str = "resnet32x4", s
     from figkd.engine.teacher_cache import state_dict_sha256
     from figkd.models import create_model
 
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic  # the trainer's own switch
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, 32, 32, generator=generator)
-    targets = torch.randint(0, 100, (batch,), generator=generator)
-    images = images.to(device).contiguous(memory_format=torch.channels_last)
-    targets = targets.to(device)
-    torch.manual_seed(seed)
-    model = create_model(model_name, num_classes=100).to(device)
-    model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=5e-4)
-    amp = "bf16" if device != "cpu" else "none"
-    def step() -> None:
-        with autocast(device, amp):
-            loss = F.cross_entropy(model(images).float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        images = torch.randn(batch, 3, 32, 32, generator=generator)
+        targets = torch.randint(0, 100, (batch,), generator=generator)
+        images = images.to(device).contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device)
+        torch.manual_seed(seed)
+        model = create_model(model_name, num_classes=100).to(device)
+        model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=5e-4)
+        amp = "bf16" if device != "cpu" else "none"
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        step()  # untimed: cuDNN's algorithm choice and the momentum buffers happen here
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(steps - 1):
-            step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        def step() -> None:
+            with autocast(device, amp):
+                loss = F.cross_entropy(model(images).float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step()  # untimed: cuDNN's algorithm choice and the momentum buffers happen here
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(steps - 1):
+                step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
     warned = tuple(dict.fromkeys(str(w.message).splitlines()[0] for w in caught))
-    torch.use_deterministic_algorithms(False)
     return Trial(state_dict_sha256(model), 1000 * seconds / max(steps - 1, 1), warned)
 
 
