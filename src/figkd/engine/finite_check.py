@@ -47,7 +47,6 @@ class DeferredFiniteCheck:
     """Queue one step's check with :meth:`push`, which resolves the step before it."""
 
     def __init__(self, device: torch.device, ctx: dist_utils.DistContext) -> None:
-        self.device = device
         self.ctx = ctx
         self._pending: _Pending | None = None
         cuda = device.type == "cuda"
@@ -61,11 +60,12 @@ class DeferredFiniteCheck:
     ) -> NonFiniteStep | None:
         """Queue this step's flag; return the previous step's failure (None: it was finite)."""
         local_ok = torch.isfinite(total.detach()).all().reshape(1).float()
-        all_ok = local_ok.clone()
         if self.ctx.enabled:  # every rank must stop at the same step, or the others hang
+            all_ok = local_ok.clone()
             dist_utils.all_reduce_sum(all_ok, self.ctx)
-            all_ok = (all_ok >= self.ctx.world_size).float()
-        flags = torch.cat([local_ok, all_ok])
+            flags = torch.cat([local_ok, (all_ok >= self.ctx.world_size).float()])
+        else:
+            flags = local_ok.expand(2)  # one process: this rank is every rank (no kernel)
         done = None
         if self._slots:
             slot, done = self._slots[self._next], self._events[self._next]
