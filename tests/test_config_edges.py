@@ -38,7 +38,8 @@ from figkd.config import (
 )
 
 TRAIN_KEYS = (
-    "epochs, seed, device, amp, channels_last, compile, compile_mode, deterministic, sync_bn, "
+    "epochs, seed, device, amp, channels_last, compile, compile_mode, deterministic, "
+    "deterministic_warn_only, sync_bn, "
     "eval_every, log_every, progress, max_steps_per_epoch, eval_teacher, num_threads"
 )
 TOP_KEYS = "experiment, output_dir, model, teacher, loss, data, optim, schedule, train, paper"
@@ -105,6 +106,7 @@ train:
   compile: false
   compile_mode: default
   deterministic: false
+  deterministic_warn_only: false
   sync_bn: false
   eval_every: 1
   log_every: 50
@@ -710,11 +712,11 @@ def test_valid_teacher_dataset_preset_and_model_options_pass() -> None:
 
 
 def test_help_lists_every_key_with_type_default_and_help() -> None:
-    """``figkd --help``'s key list: one line per leaf key (2 top-level + model 2 + teacher 10
-    + loss 2 + data 10 + optim 5 + schedule 4 + train 15 + paper 3 = 53), defaults in YAML
+    """``figkd --help``'s key list: one line per leaf key (2 top-level + model 2 + teacher 11
+    + loss 2 + data 10 + optim 5 + schedule 4 + train 16 + paper 3 = 55), defaults in YAML
     flow style."""
     lines = describe_config()
-    assert len(lines) == 54
+    assert len(lines) == 55
     assert lines[0] == (
         "  experiment (str | null) = null  run name; default: config path under configs/"
     )

@@ -33,6 +33,7 @@ def _session(tmp: Path, name: str, shards: Path, methods: str, state_in: Path,
         "OUT": str(tmp / name / "out"),
         "STUDY_OUT": str(tmp / name / "study"),
         "STATE_IN": str(state_in),
+        "RECORDS": str(tmp / "no-records"),  # not the repository's committed ones
         "FIGKD_CACHE": str(tmp / "cache"),
         "OVERRIDES": f"data.batch_size=16 optim.lr=0.01 teacher.cache=auto teacher.cache_dir={tmp / name / 'logits'}",
         "STUDY_ARGS": f"--epochs 2 --teacher-epochs 2 --seeds 0 --methods {methods} "
@@ -78,7 +79,8 @@ def test_two_chained_sessions_give_the_single_session_table(tmp_path: Path) -> N
     mirror = tmp_path / "mirror"
     collect = subprocess.run(
         ["bash", str(REPO / "tools/device/collect.sh"), str(first / "out")],
-        env={**os.environ, "PY": sys.executable, "MIRROR": str(mirror)},
+        env={**os.environ, "PY": sys.executable, "MIRROR": str(mirror),
+             "RECORDS": str(tmp_path / "records")},
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert collect.returncode == 0, collect.stdout + collect.stderr
@@ -91,3 +93,17 @@ def test_two_chained_sessions_give_the_single_session_table(tmp_path: Path) -> N
     assert "[1/1] resnet32x4_resnet8x4/figkd seed0: trained" in log
     assert _rows(second / "out" / "study.md") == _rows(reference / "out" / "study.md")
     assert len(_rows(reference / "out" / "study.md")) == 4  # teacher, CE, KD, FiGKD
+
+    # a new checkout: no mirror, only the committed records (collect.sh wrote them).  The
+    # teacher is retrained (deterministically) to the same teacher.pt, so the CE and KD
+    # records count; FiGKD trains; the table is the single session's again
+    records = tmp_path / "records"
+    assert "commit " + str(records) in collect.stdout
+    assert not list(records.rglob("*.pt"))
+    fresh = _session(tmp_path, "fresh", shards, "ce kd figkd", nowhere, RECORDS=str(records))
+    log = (fresh / "study" / "device.log").read_text()
+    assert "imported 2 run(s)" in log and "1 not carried" in log  # the teacher has no weights
+    assert "--deterministic-teacher" in log and "--replace-stale" in log
+    assert "teacher seed0: trained" in log and "figkd seed0: trained" in log
+    assert "set aside" not in log and "/kd seed0: trained" not in log
+    assert _rows(fresh / "out" / "study.md") == _rows(reference / "out" / "study.md")

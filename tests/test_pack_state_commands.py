@@ -202,7 +202,7 @@ def test_state_export_show_import_with_default_part_and_budget(
 
 
 def test_state_without_an_action_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    """``figkd state`` needs ``export``, ``import`` or ``show``: argparse exits with 2."""
+    """``figkd state`` needs an action (export, import, records or show): argparse exits with 2."""
     with pytest.raises(SystemExit) as stop:
         main(["state"])
     assert stop.value.code == 2

@@ -187,6 +187,13 @@ class TrainConfig:
     deterministic: bool = field(
         default=False, metadata=_help("deterministic algorithms (bit-exact resume)")
     )
+    deterministic_warn_only: bool = field(
+        default=False,
+        metadata=_help(
+            "with deterministic: an op without a deterministic kernel warns instead of "
+            "stopping the run (compare the weights' SHA-256 to know)"
+        ),
+    )
     sync_bn: bool = field(default=False, metadata=_help("SyncBatchNorm under DDP (CUDA only)"))
     eval_every: int = field(default=1, metadata=_help("evaluate every N epochs (and the last)"))
     log_every: int = field(default=50, metadata=_help("progress line every N steps (no tty)"))
@@ -685,6 +692,11 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+    if cfg.train.deterministic_warn_only and not cfg.train.deterministic:
+        raise ConfigError(
+            "train.deterministic_warn_only=true only changes deterministic mode: also set "
+            "train.deterministic=true, or drop the warn-only switch"
+        )
     if cfg.train.num_threads is not None and cfg.train.num_threads < 1:
         raise ConfigError(f"train.num_threads must be >= 1, got {cfg.train.num_threads}")
     if cfg.data.num_workers < 0:

@@ -4,13 +4,15 @@
 # .device/results/<UTC time>/, and prints the next session's calls.  Give the files_at folder
 # of the short_tier.sh call and of every fetch.sh call after it (each holds one bundle, which
 # imports on its own, so a lapsed session still keeps the bundles it returned).
-# Nothing here is committed (.device/ is git-ignored).
+# The mirror is git-ignored (weights); what outlives the checkout is the finished runs' text
+# records, refreshed into RECORDS (commit them: short_tier.sh imports them in any checkout).
 #   bash tools/device/collect.sh /work/.device/<study call> /work/.device/<fetch call> ...
-# Knobs: PY=.venv/bin/python  MIRROR=.device/state
+# Knobs: PY=.venv/bin/python  MIRROR=.device/state  RECORDS=docs/results/short_tier_runs
 set -eu -o pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 MIRROR=${MIRROR:-.device/state}
+RECORDS=${RECORDS:-docs/results/short_tier_runs}
 [ $# -gt 0 ] || { echo "usage: bash tools/device/collect.sh FILES_AT [FILES_AT ...] (the folders the device replies name)"; exit 2; }
 
 dest=.device/results/$(date -u +%Y%m%dT%H%M%SZ)
@@ -35,6 +37,10 @@ echo "collect: $imported bundle(s) imported into $MIRROR"
 [ -d "$MIRROR" ] || exit 0
 "$PY" -m figkd state show "$MIRROR"
 echo "collect: $MIRROR is $(du -sk "$MIRROR" | awk '{printf "%.1f", $1/1024}') MiB"
+if find "$MIRROR" -name summary.json -print -quit | grep -q .; then
+  "$PY" -m figkd state records "$MIRROR" "$RECORDS"
+  echo "collect: commit $RECORDS (finished runs' text records; a new checkout imports them)"
+fi
 if [ -f .device/tiny32/pack.json ]; then
   "$PY" tools/device/calls.py
 else

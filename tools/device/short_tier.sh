@@ -18,6 +18,13 @@
 #   FINISH_ONLY=1  skip the study: only the tables and the state export of what the study
 #                  folder holds (attach.sh uses it when a detached study died mid-way)
 #   STATE_IN=.device/state   a carried `figkd state` folder to continue from (if present)
+#   RECORDS=docs/results/short_tier_runs   finished runs' committed text records (`figkd state
+#              records`, written by collect.sh): imported too, so a new checkout, which has
+#              no mirror, still skips the students whose teacher it retrains bit for bit
+#   DETERMINISTIC=on   `figkd study --deterministic-teacher --replace-stale`: the teacher
+#              trains deterministically (warn-only), so the records' pinned teacher SHA-256
+#              can be met again; a record pinned to another teacher is set aside and
+#              retrained.  off: neither (records of another teacher then fail, named)
 #   STATE_MIB=230  the whole state the mirror will hold (it travels out again over several
 #                  calls: tools/device/calls.py); BUNDLE_MIB=58: one bundle per call back, the
 #                  first in $OUT/state, the others left in OUTBOX=.device/outbox for fetch.sh
@@ -36,6 +43,8 @@ OVERRIDES=${OVERRIDES:-train.channels_last=true teacher.cache=auto teacher.cache
 FIRST=${FIRST-kd figkd}
 OUT=${OUT:-.device/out}
 STATE_IN=${STATE_IN:-.device/state}
+RECORDS=${RECORDS:-docs/results/short_tier_runs}
+DETERMINISTIC=${DETERMINISTIC:-on}
 STATE_MIB=${STATE_MIB:-230}
 BUNDLE_MIB=${BUNDLE_MIB:-58}
 OUTBOX=${OUTBOX:-.device/outbox}
@@ -85,6 +94,11 @@ if [ -d "$STATE_IN" ]; then
   "$PY" -m figkd state import "$STATE_IN" "$STUDY_OUT" 2>&1 | tee -a "$LOG" \
     || { echo "short_tier: importing $STATE_IN failed (see above)"; exit 4; }
 fi
+# Then the committed records (finished runs only, no weights: a teacher's cannot import).
+if [ -d "$RECORDS" ]; then
+  "$PY" -m figkd state import "$RECORDS" "$STUDY_OUT" 2>&1 | tee -a "$LOG" \
+    || { echo "short_tier: importing $RECORDS failed (see above)"; exit 4; }
+fi
 
 # NVIDIA MPS: without it the parallel runs' kernels take turns on the GPU.  Started only when
 # a client can use it (a probe under a timeout); otherwise the study runs as before.
@@ -114,6 +128,11 @@ if [ "$FINISH_ONLY" != 1 ] && command -v nvidia-smi >/dev/null; then
 fi
 
 common=(--tier "$TIER" --dataset uint8-shards --data-root "$SHARDS" --out "$STUDY_OUT" --amp "$AMP")
+# --deterministic-teacher changes the teacher's config (its folder): every call, the table
+# and the plan included, must say it alike
+[ "$DETERMINISTIC" = on ] && common+=(--deterministic-teacher)
+run_only=()
+[ "$DETERMINISTIC" = on ] && run_only=(--replace-stale)
 # shellcheck disable=SC2206
 extra=($STUDY_ARGS)
 first=()
@@ -121,7 +140,7 @@ first=()
 [ -n "$FIRST" ] && first=(--first $FIRST)   # before STUDY_ARGS, whose own --first wins
 # shellcheck disable=SC2206
 items=($OVERRIDES)  # KEY=VALUE words go first: after --seeds 0 1 they would be read as seeds
-{ echo "== $(date -u +%FT%TZ) short_tier: ${common[*]} --parallel $PARALLEL ${first[*]} ${extra[*]} ${items[*]} (limit ${LIMIT}s)"
+{ echo "== $(date -u +%FT%TZ) short_tier: ${common[*]} --parallel $PARALLEL ${first[*]} ${run_only[*]} ${extra[*]} ${items[*]} (limit ${LIMIT}s)"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader; } | tee -a "$LOG"
 
 # timeout signals the whole process group: the study and its run subprocesses stop together;
@@ -131,7 +150,7 @@ if [ "$FINISH_ONLY" = 1 ]; then
   echo "== short_tier: FINISH_ONLY: no study, tables and export of $STUDY_OUT as it is" | tee -a "$LOG"
 else
   timeout --kill-after=20 "$LIMIT" "$PY" -m figkd study "${items[@]}" "${common[@]}" \
-    --parallel "$PARALLEL" "${first[@]}" "${extra[@]}" 2>&1 | tee -a "$LOG"
+    --parallel "$PARALLEL" "${first[@]}" "${run_only[@]}" "${extra[@]}" 2>&1 | tee -a "$LOG"
   status=$?
   if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
     echo "== short_tier: stopped at the ${LIMIT}s limit; call again to resume" | tee -a "$LOG"

@@ -428,6 +428,10 @@ class Study:
     teachers: dict[str, Job] = field(default_factory=dict)  # pair name -> teacher job
     #: methods whose distilled runs go first; the others join once these have all ended
     first: list[str] = field(default_factory=list)
+    #: a finished student distilled from another teacher file is set aside under
+    #: ``<out>/.stale/`` and trained again, instead of failing (records carried from a
+    #: checkout whose teacher this one retrained)
+    replace_stale: bool = False
 
     def teacher_checkpoint(self, pair: Pair) -> Path:
         """The weights-only file students distil from (see :func:`teacher_weights`)."""
@@ -540,11 +544,16 @@ def plan_study(
     threads: int | None = None,
     overrides: Sequence[str] = (),
     first: Sequence[str] = (),
+    replace_stale: bool = False,
+    deterministic_teacher: bool = False,
     write: bool = True,
 ) -> Study:
     """The study: teacher configs written to ``<out>/<tier>/configs`` (students follow in
     :func:`student_jobs`, once the teachers' checksums are known).  ``write=False`` plans
-    without writing the configs (``study --plan``).  ``first``: see :func:`run_study`."""
+    without writing the configs (``study --plan``).  ``first``: see :func:`run_study`;
+    ``replace_stale``: see :class:`Study`; ``deterministic_teacher``: the teachers train under
+    deterministic algorithms (warn-only), so another checkout can retrain them bit for bit
+    (``tools/device/check_determinism.py`` says whether a GPU does)."""
     parallel = max(1, parallel if parallel is not None else tier.parallel)
     if threads is None:
         threads = tier.threads or max(1, (os.cpu_count() or 1) // parallel)
@@ -560,6 +569,7 @@ def plan_study(
         threads=threads,
         overrides=list(overrides),
         first=list(first),
+        replace_stale=replace_stale,
     )
     configs = study.out / "configs"
     key_data = data_key(tier, data_root)
@@ -569,6 +579,8 @@ def plan_study(
             study, model=pair.teacher, args=pair.teacher_args, epochs=tier.teacher_epochs,
             batch_size=batch_size, lr=lr,
         )
+        if deterministic_teacher:  # warn-only: the SHA-256 judges, a missing kernel must not kill
+            data["train"].update(deterministic=True, deterministic_warn_only=True)
         data["experiment"] = "pending"
         draft = config_from_dict(apply_overrides(data, study.overrides))
         data["experiment"] = f"teachers/{pair.teacher}-{config_key(draft, key_data)}"
@@ -644,8 +656,34 @@ def teacher_weights(run_dir: Path) -> Path:
             f"teacher again (delete {run_dir}) or import a state that holds {TEACHER_WEIGHTS}"
         )
     payload = load_weights_only(last, map_location="cpu")
-    save_atomic({k: payload[k] for k in _WEIGHT_KEYS if k in payload}, target)
+    kept = {k: payload[k] for k in _WEIGHT_KEYS if k in payload}
+    if isinstance(kept.get("config"), dict):
+        kept["config"] = portable_config(kept["config"])
+    save_atomic(kept, target)
     return target
+
+
+def portable_config(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with every execution key (:data:`_EXECUTION_KEYS`: paths, device, threads,
+    cache place) at its default, so that ``teacher.pt`` is a function of what was computed.
+
+    Students pin the file's SHA-256.  With the study's folder or the data's path inside, the
+    same weights retrained in another checkout (the device's path to the repository is not
+    promised) would get another SHA-256, and every finished student's record would go stale.
+    """
+    default = _flatten(config_to_dict(Config()))
+    out = copy.deepcopy(data)
+    for key in _flatten(data):
+        if key.startswith(_EXECUTION_KEYS):
+            *parents, leaf = key.split(".")
+            node = out
+            for part in parents:
+                node = node[part]
+            if key in default:
+                node[leaf] = copy.deepcopy(default[key])
+            else:  # not a Config field (cannot happen for a validated config): drop it
+                del node[leaf]
+    return out
 
 
 
@@ -730,8 +768,12 @@ def execute(
     say: Printer = print,
     gpus: Sequence[str] | None = None,
     followers: Callable[[Outcome], Sequence[Job]] | None = None,
+    replace_stale: bool = False,
 ) -> list[Outcome]:
     """Run ``jobs`` (skipping finished ones), ``parallel`` at a time in subprocesses when > 1.
+
+    A stale run (finished, distilled from another teacher file than its config pins) fails,
+    or with ``replace_stale`` is set aside (:func:`set_aside`) and trained again.
 
     ``followers(outcome)`` names the jobs that an ended job makes possible (a teacher's
     distilled students); they join the queue at once, so they take the slots as soon as their
@@ -760,11 +802,17 @@ def execute(
             if state == "finished":
                 done.append(Outcome(job, "skipped"))
                 continue
+            if state == "stale" and replace_stale:
+                moved = set_aside(job.run_dir, Path(job.config.output_dir))
+                say(f"  {job.label}: distilled from another teacher; set aside in {moved}, "
+                    "trained again")
+                state = "new"
             if state == "stale":
                 error = (
                     f"{job.run_dir} was distilled from another teacher than "
                     f"{job.config.teacher.checkpoint} (SHA-256 {job.config.teacher.sha256}); "
-                    "delete it to train it again, or use another --out"
+                    "train it again with --replace-stale (it is set aside, not deleted), "
+                    "or use another --out"
                 )
                 say(f"  {job.label}: FAILED: {error}")
                 done.append(Outcome(job, "failed", error=error))
@@ -816,6 +864,25 @@ def execute(
                 for future in finished:
                     running |= {pool.submit(one, j, st) for j, st in settle(future.result())}
     return sorted(outcomes, key=lambda o: position[id(o.job)])
+
+
+STALE = ".stale"
+
+
+def set_aside(run_dir: Path, out: Path) -> Path:
+    """Move ``run_dir`` to ``<out>/.stale/<its path below out>.<n>`` and return where.
+
+    Kept, not deleted (it is evidence of a session), and hidden, so that neither the table
+    nor ``figkd state`` sees it as a run.
+    """
+    relative = run_dir.resolve().relative_to(out.resolve())
+    for n in itertools.count(1):
+        target = out / STALE / relative.parent / f"{relative.name}.{n}"
+        if not target.exists():
+            break
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(run_dir, target)
+    return target
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -920,7 +987,8 @@ def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = N
     # slots a lone teacher leaves idle (on a briefly lent GPU, that is device time saved).
     free = student_jobs(study, {})
     say(f"teachers ({len(unique)}) and students without a teacher ({len(free)}):")
-    outcomes = execute([*unique, *free], study.parallel, logs, say, gpus, followers=followers)
+    outcomes = execute([*unique, *free], study.parallel, logs, say, gpus, followers=followers,
+                       replace_stale=study.replace_stale)
     manifest = {
         "tier": study.tier.name,
         "teachers": {
@@ -971,11 +1039,22 @@ class Result:
         return sum(self.wall) / len(self.wall) if self.wall else math.nan
 
 
-def collect(folder: Path, label: str) -> Result | None:
-    """Finished seeds under ``folder`` (one experiment) as a :class:`Result`."""
+def distilled_from(summary: dict[str, Any], teacher_sha256: str | None) -> bool:
+    """False for a run distilled from another teacher file than ``teacher_sha256`` (a stale
+    run: its numbers belong to another teacher's table); True when either is unknown."""
+    used = (summary.get("teacher") or {}).get("sha256")
+    return teacher_sha256 is None or used is None or used == teacher_sha256
+
+
+def collect(folder: Path, label: str, teacher_sha256: str | None = None) -> Result | None:
+    """Finished seeds under ``folder`` (one experiment) as a :class:`Result`, leaving out
+    runs distilled from another teacher file than ``teacher_sha256``."""
     if not folder.is_dir():
         return None
-    summaries = [s for s in find_summaries([folder]) if s.get("status") == "finished"]
+    summaries = [
+        s for s in find_summaries([folder])
+        if s.get("status") == "finished" and distilled_from(s, teacher_sha256)
+    ]
     summaries.sort(key=lambda s: s.get("seed", 0))
     last, best, wall, seeds = [], [], [], []
     for s in summaries:
@@ -1082,6 +1161,14 @@ def epochs_per_commit(summaries: list[dict[str, Any]]) -> str:
         f"{key} {epochs[key]} epoch(s) of {len(runs[key])} run(s)" for key in sorted(epochs))
 
 
+def current_teacher_sha256(study: Study, pair: Pair) -> str | None:
+    """SHA-256 of the pair's finished teacher's ``teacher.pt`` in this folder (None if none)."""
+    from figkd.models.checkpoint import file_sha256
+
+    path = study.teacher_checkpoint(pair)
+    return file_sha256(path) if path.is_file() else None
+
+
 def write_study_report(
     study: Study, manifest: dict[str, Any] | None, command: str, wall_s: float | None
 ) -> Path:
@@ -1140,22 +1227,37 @@ def write_study_report(
         "seed (training + per-epoch evaluation).",
     ]
     groups = sorted({m.group for m in study.methods if m.group != "main"})
+    shas = {pair.name: current_teacher_sha256(study, pair) for pair in tier.pairs}
+    stale = [
+        s for pair in tier.pairs if (out / pair.name).is_dir()
+        for s in find_summaries([out / pair.name])
+        if s.get("status") == "finished" and not distilled_from(s, shas[pair.name])
+    ]
+    if stale:
+        parts.append(
+            f"- left out of the tables: {len(stale)} finished run(s) distilled from another "
+            "teacher file than the one in this folder (`figkd study --replace-stale` trains "
+            "them again)"
+        )
     for pair in tier.pairs:
         base = out / pair.name
+        sha = shas[pair.name]
         teacher = collect(study.teachers[pair.name].run_dir.parent, f"teacher ({pair.teacher})")
         rows = [r for r in [teacher] if r is not None]
         rows += [
             r
             for m in study.methods
-            if m.group == "main" and (r := collect(base / m.name, m.label)) is not None
+            if m.group == "main" and (r := collect(base / m.name, m.label, sha)) is not None
         ]
         parts += ["", f"## {pair.label}", "", results_table(rows, "CE", "CE")]
         for group in groups:
-            default = collect(base / "figkd", f"FiGKD {group}={ABLATION_DEFAULTS[group]} (default)")
+            default = collect(
+                base / "figkd", f"FiGKD {group}={ABLATION_DEFAULTS[group]} (default)", sha
+            )
             ablated = [
                 r
                 for m in study.methods
-                if m.group == group and (r := collect(base / m.name, m.label)) is not None
+                if m.group == group and (r := collect(base / m.name, m.label, sha)) is not None
             ]
             rows = [r for r in [default] if r is not None] + ablated
             parts += [

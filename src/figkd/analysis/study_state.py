@@ -25,6 +25,14 @@ returns 64 MiB a call) still brings back complete, importable runs, the most val
 taken only when it is further along than the local copy (finished > killed at a later epoch
 > killed earlier > absent); every file is checked against its SHA-256 first, and a run is
 replaced in one rename, so an interrupted import leaves each run either old or new.
+
+:func:`export_records` writes the *records* of a study's finished runs (their small files
+only, never weights) into a plain folder that may be committed to git, so the evidence
+outlives the checkout (or lent machine) that held the study.  ``figkd state import RECORDS
+STUDY`` brings them back: finished students import as finished; a teacher's record lacks its
+weights, so it imports as "not carried" and the study trains that teacher again, and the
+students stay valid only while the retrained ``teacher.pt`` has the SHA-256 their summary pins
+(otherwise the study marks them stale and retrains them).
 """
 
 from __future__ import annotations
@@ -589,6 +597,94 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def export_records(
+    root: str | os.PathLike[str], dest: str | os.PathLike[str], say: Printer = print
+) -> list[str]:
+    """Copy the small files of every finished run of study ``root`` into ``dest/<run path>/``.
+
+    Records accumulate: runs in ``dest`` that ``root`` lacks are kept.  A record already
+    byte-identical is left alone (a commit then shows no change); one that differs (the run
+    was trained again) is rebuilt beside it and swapped in by renames, so an interrupted
+    call leaves each record either old or new.  Returns the run paths written.
+    """
+    root, dest = Path(root), Path(dest)
+    _check_study(root, "records")
+    if dest.resolve() == root.resolve():
+        raise ValueError(f"records of {root} cannot be written into the study folder itself")
+    inside = dest.resolve()
+    changed: list[tuple[str, Path, list[str]]] = []
+    unchanged = unfinished = 0
+    for run_dir in find_run_dirs(root):
+        if inside in run_dir.resolve().parents:  # records kept below the study: not runs
+            continue
+        if run_progress(run_dir)[0] != "finished":
+            unfinished += 1
+            continue
+        rel = run_dir.relative_to(root).as_posix()
+        names = _small_files(run_dir)
+        if _same_record(run_dir, dest / rel, names):
+            unchanged += 1
+        else:
+            changed.append((rel, run_dir, names))
+    dest.mkdir(parents=True, exist_ok=True)
+    if changed:
+        with tempfile.TemporaryDirectory(dir=dest, prefix=".records-") as tmp:
+            for index, (rel, run_dir, names) in enumerate(changed):
+                _swap_record(run_dir, names, dest / rel, Path(tmp) / str(index))
+    say(
+        f"records: {len(changed)} finished run(s) written to {dest}, {unchanged} unchanged, "
+        f"{unfinished} unfinished run(s) left out"
+    )
+    return [rel for rel, _, _ in changed]
+
+
+def _check_study(root: Path, action: str) -> None:
+    """Refuse a missing folder, and one without runs: only a study's folder has records."""
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{root} does not exist: give a study's --out folder (run folders with a "
+            f"config.yaml below it) to `figkd state {action}`"
+        )
+    if not find_run_dirs(root):
+        raise ValueError(
+            f"{root} holds no runs (no */config.yaml below it): give a study's --out folder "
+            f"to `figkd state {action}`"
+        )
+
+
+def _same_record(run_dir: Path, record: Path, names: list[str]) -> bool:
+    """Whether ``record`` holds exactly ``names``, each byte-identical to the run's file."""
+    if not record.is_dir():
+        return False
+    held = sorted(p.relative_to(record).as_posix() for p in record.rglob("*") if p.is_file())
+    return held == sorted(names) and all(
+        (run_dir / n).read_bytes() == (record / n).read_bytes() for n in names
+    )
+
+
+def _swap_record(run_dir: Path, names: list[str], record: Path, scratch: Path) -> None:
+    """Build the record in ``scratch`` (inside ``dest``: same file system), then rename it in.
+
+    The old record is moved aside first; if the swap is interrupted it is moved back.
+    """
+    fresh, old = scratch / "new", scratch / "old"
+    for name in names:
+        (fresh / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(run_dir / name, fresh / name)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if record.exists():
+            os.replace(record, old)
+        os.replace(fresh, record)
+    except BaseException:
+        if old.exists() and not record.exists():
+            os.replace(old, record)
+        raise
 
 
 # --------------------------------------------------------------------------- showing

@@ -4,6 +4,7 @@
     figkd state import /work/.device/files/... .device/state # here: merge what came back
     figkd state import .device/state .device/study          # there, next time: continue
     figkd state show .device/state                           # what a folder or bundle holds
+    figkd state records .device/study docs/results/short_tier_runs  # finished runs' text
 
 ``export`` writes ``state.json`` and ``state.tar.NN`` parts of at most ``--part-mib`` (so
 each fits a file limit): every run's config, metrics and summary, finished teachers'
@@ -18,6 +19,11 @@ state larger than one call, and a session that ends early still brings back whol
 ``import`` takes a bundle or a plain study folder and keeps, run by run, whichever copy is
 further along, after checking every file's SHA-256.  Then ``figkd study`` with the same
 ``--out`` resumes from there.
+
+``records`` copies the config, metrics and summary of every finished run (never weights) into
+a folder that can be committed, leaving identical records alone and keeping records of runs
+the study no longer holds; ``figkd state import RECORDS STUDY`` brings them back later
+(teachers import as not carried and are trained again).
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         report = study_state.import_state(args.source, args.study)
         for path in report.taken:
             print(f"  took {path}")
+    elif args.action == "records":
+        for path in study_state.export_records(args.study, args.dest):
+            print(f"  wrote {path}")
     else:
         for line in study_state.describe(args.folder):
             print(line)
@@ -71,6 +80,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     merge.add_argument("source", help="a bundle folder (state.json + parts) or a study folder")
     merge.add_argument("study", help="the study's --out folder to merge into")
+    records = actions.add_parser(
+        "records", help="copy finished runs' small files (no weights) into DEST, for git",
+        formatter_class=HelpFormatter,
+    )
+    records.add_argument("study", help="the study's --out folder (e.g. runs/study)")
+    records.add_argument(
+        "dest", help="records folder (e.g. docs/results/short_tier_runs); created if missing"
+    )
     show = actions.add_parser(
         "show", help="list the runs of a bundle or a study folder", formatter_class=HelpFormatter
     )

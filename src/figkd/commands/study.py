@@ -11,7 +11,11 @@ in every student config), then CE, KD, DKD, DIST, MLKD, KD + logit standardizati
 students over the seeds, and writes ``<out>/<tier>/study.md``: mean ± sample std of the test
 top-1 at the last epoch and at the best validation epoch, with the time per run, the exact
 command, machine, date and versions.  Run it again to resume: finished runs are skipped,
-killed ones continue from their last checkpoint.  ``key=value`` overrides apply to every run
+killed ones continue from their last checkpoint; a finished student whose pinned teacher
+file differs from this folder's fails, or with ``--replace-stale`` is set aside and trained
+again (``figkd state records`` keeps finished runs as committable text, ``figkd state import``
+brings them into a new folder, and ``--deterministic-teacher`` lets that folder retrain the
+same teacher file).  ``key=value`` overrides apply to every run
 (e.g. ``train.channels_last=true``).  Data: ``--data-root`` (a Tiny-ImageNet folder or its
 ``.tar``), else ``$FIGKD_DATA``/``./data``, else the 100-class subset in ``./.cache`` or
 ``../shared/data``; or ``--dataset uint8-shards --data-root <folder>``, the same images packed
@@ -89,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         overrides=args.items or [],
         first=first,
+        replace_stale=args.replace_stale,
+        deterministic_teacher=args.deterministic_teacher,
         write=not args.plan,  # a plan writes nothing under --out
     )
     command = canonical_command(args)
@@ -156,6 +162,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "ended (whole rows if the study is cut short); methods not in this study are skipped",
     )
     parser.add_argument(
+        "--replace-stale",
+        action="store_true",
+        help="a finished student distilled from another teacher file (e.g. a record carried "
+        "from a checkout whose teacher was retrained differently) is moved to <out>/<tier>/"
+        ".stale/ and trained again; default: it fails and the others go on",
+    )
+    parser.add_argument(
+        "--deterministic-teacher",
+        action="store_true",
+        help="train the teachers under deterministic algorithms (warn-only), so that another "
+        "checkout retrains the same teacher.pt and carried student records stay valid",
+    )
+    parser.add_argument(
         "--ablations",
         nargs="+",
         metavar="GROUP",
@@ -210,6 +229,8 @@ def canonical_command(args: argparse.Namespace) -> str:
     ``KEY=VALUE`` overrides come first: after a list option such as ``--methods ce kd`` they
     would be read as more methods."""
     parts = ["figkd", "study", *(args.items or []), "--tier", args.tier]
+    if getattr(args, "deterministic_teacher", False):  # changes the teacher: part of what ran
+        parts.append("--deterministic-teacher")
     for option in (
         "out", "dataset", "data_root", "seeds", "methods", "first", "ablations", "parallel",
         "gpus",

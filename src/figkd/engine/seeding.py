@@ -23,12 +23,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_deterministic(enabled: bool) -> None:
-    """Deterministic kernels when ``enabled``; cuDNN autotuning otherwise."""
+def set_deterministic(enabled: bool, warn_only: bool = False) -> None:
+    """Deterministic kernels when ``enabled``; cuDNN autotuning otherwise.
+
+    ``warn_only``: an op without a deterministic kernel warns rather than raising, for runs
+    whose reproducibility is judged afterwards by their weights' SHA-256 (``figkd study
+    --deterministic-teacher``) and that must not die mid-session on a kernel a short check
+    did not reach.
+    """
     if enabled:
         # cuBLAS needs this before its first use to be deterministic.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
+    torch.use_deterministic_algorithms(enabled, warn_only=enabled and warn_only)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
 

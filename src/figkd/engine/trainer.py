@@ -294,7 +294,7 @@ class Trainer:
         if checkpoint is not None:
             self._check_resume_config(checkpoint["config"])
 
-        set_deterministic(cfg.train.deterministic)
+        set_deterministic(cfg.train.deterministic, cfg.train.deterministic_warn_only)
         seed_everything(cfg.train.seed)
         self._build(first_epoch=checkpoint["state"]["epoch"] + 1 if checkpoint else 1)
         state = (self._restore(checkpoint) if checkpoint is not None
@@ -613,7 +613,9 @@ class Trainer:
             "device": device_description(device),
             "teacher_cache": self.view_cache_record,
             "amp": cfg.train.amp,
-            "deterministic": cfg.train.deterministic,
+            "deterministic": (
+                "warn-only" if cfg.train.deterministic_warn_only else cfg.train.deterministic
+            ),
             "data_path": self.data.path,
             "versions": versions(),
             "git": git_commit(),
