@@ -354,12 +354,17 @@ def test_torch_source_trains_on_the_rank_shard_with_per_sample_streams(rank: int
 
 
 def test_torch_source_evaluates_a_strided_shard_without_padding() -> None:
-    """Rank 1 of 2 evaluates samples 1, 3, ..., 9 of 11 in order, the last batch ragged."""
+    """Rank 1 of 2 evaluates samples 1, 3, ..., 9 of 11 in order, the last batch ragged,
+    and names them by dataset index as FastSource does (not by position in the shard)."""
     source = torch_source(11, 4, train=False, rank=1, world=2)
     assert source.targets.tolist() == [label_of(i) for i in (1, 3, 5, 7, 9)]
     assert len(source) == 2
     batches = list(source.epoch(3))
     assert [images[:, 0].tolist() for images, _, _ in batches] == [[1, 3, 5, 7], [9]]
+    assert [index.tolist() for _, _, index in batches] == [[1, 3, 5, 7], [9]]
+    third = torch_source(11, 4, train=False, rank=2, world=3)
+    assert [index.tolist() for _, _, index in third.epoch(0)] == [[2, 5, 8]]
+    assert [images[:, 0].tolist() for images, _, _ in third.epoch(0)] == [[2, 5, 8]]
     assert [targets.tolist() for _, targets, _ in batches] == [
         [label_of(i) for i in (1, 3, 5, 7)], [label_of(9)]]
     single = torch_source(10, 4, train=False)

@@ -232,11 +232,15 @@ class TorchSource:
         max_steps: int | None,
     ) -> None:
         self.targets = torch.as_tensor(dataset.targets, dtype=torch.long)
+        #: (rank, world size) of an evaluation shard: its positions map back to dataset
+        #: indices as ``position * world + rank``, the indices FastSource yields
+        self.stride: tuple[int, int] | None = None
         if not train and ctx.enabled:
             dataset = torch.utils.data.Subset(
                 dataset, range(ctx.rank, len(dataset), ctx.world_size)
             )
             self.targets = self.targets[ctx.rank :: ctx.world_size]
+            self.stride = (ctx.rank, ctx.world_size)
         self.dataset = _Indexed(dataset, seed if train else None)
         self.sampler = EpochSampler(
             len(self.dataset), seed, ctx if train else DistContext(), shuffle=train
@@ -280,6 +284,8 @@ class TorchSource:
         for step, (images, targets, index) in enumerate(loader):
             if step >= len(self):
                 break
+            if self.stride is not None:
+                index = index * self.stride[1] + self.stride[0]
             yield (
                 _to_device(images, self.device, self.channels_last),
                 targets.to(self.device),
