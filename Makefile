@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-speed mutate install clean
+.PHONY: demo test test-slow lint bench bench-speed mutate install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
+
+# ruff on the package; pinned, since a newer ruff enables more rules by default (CI runs it)
+RUFF := ruff==0.17.6
+lint: $(STAMP)
+	$(BIN)/python -m pip install --quiet "$(RUFF)"
+	$(BIN)/python -m ruff check src
 
 # each target rewrites the files README's Speed table cites, with the commands recorded in them
 bench: $(STAMP)

@@ -24,7 +24,7 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Union
+from typing import TypeAlias
 
 import numpy as np
 import pywt
@@ -69,7 +69,7 @@ MODES: tuple[str, ...] = (
     "antireflect",
 )
 
-WaveletLike = Union[str, pywt.Wavelet]
+WaveletLike: TypeAlias = str | pywt.Wavelet
 #: The three 2D detail bands in PyWavelets' order: (cH, cV, cD) = (LH, HL, HH).
 Bands2D = tuple[Tensor, Tensor, Tensor]
 

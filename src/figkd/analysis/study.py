@@ -1095,8 +1095,8 @@ def results_table(rows: Sequence[Result], reference: str | None, ref_name: str) 
     ref = next((r for r in rows if r.label == reference), None)
     ref_mean = ref.last_stats()[0] if ref is not None else None
     lines = [
-        f"| method | seeds | test top-1, last epoch | test top-1, best val | Δ last vs {ref_name} "
-        "| time / run |",
+        (f"| method | seeds | test top-1, last epoch | test top-1, best val | Δ last vs {ref_name} "
+         "| time / run |"),
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -1130,7 +1130,7 @@ def machine() -> str:
             text += f"; GPU: {', '.join(names)}"
         else:
             text += "; no GPU"
-    except Exception:  # noqa: BLE001 - description only
+    except Exception:  # noqa: BLE001, S110 - a description only: no GPU detail is no error
         pass
     return text
 
@@ -1191,14 +1191,14 @@ def write_study_report(
         + (f"; git {git['commit'][:12]}{' (+ local changes)' if git.get('dirty') else ''}"
            if git else ""),
         f"- tier: {tier.description}",
-        f"- data: preset `{tier.preset}`, {tier.train_per_class or 'all'} train / "
-        f"{tier.test_per_class or 'all'} test images per class, {tier.val_fraction:.0%} of "
-        f"train held out as validation; batch {tier.batch_size}",
-        f"- schedule: students {tier.epochs} epochs (LR x0.1 after epochs "
-        f"{', '.join(map(str, tier.milestones))}), teachers {tier.teacher_epochs} epochs "
-        f"(after {', '.join(map(str, tier.teacher_milestones))}); seeds "
-        f"{' '.join(map(str, study.seeds))}; device `{study.device}`, amp `{study.amp}`, "
-        f"{study.parallel} run(s) at a time",
+        (f"- data: preset `{tier.preset}`, {tier.train_per_class or 'all'} train / "
+         f"{tier.test_per_class or 'all'} test images per class, {tier.val_fraction:.0%} of "
+         f"train held out as validation; batch {tier.batch_size}"),
+        (f"- schedule: students {tier.epochs} epochs (LR x0.1 after epochs "
+         f"{', '.join(map(str, tier.milestones))}), teachers {tier.teacher_epochs} epochs "
+         f"(after {', '.join(map(str, tier.teacher_milestones))}); seeds "
+         f"{' '.join(map(str, study.seeds))}; device `{study.device}`, amp `{study.amp}`, "
+         f"{study.parallel} run(s) at a time"),
     ]
     if wall_s is not None:
         parts.append(f"- wall time of this invocation: {duration(wall_s)}")
@@ -1220,11 +1220,11 @@ def write_study_report(
         parts.append(f"- code: {epochs_per_commit(finished)}")
     parts += [
         "",
-        "Test accuracy (%), mean ± sample standard deviation over seeds. \"last epoch\": the "
-        "final epoch's test accuracy (our main number; the paper does not say last or best); "
-        "\"best val\": the test accuracy "
-        "at the epoch with the best validation accuracy. Time / run: mean wall time of one "
-        "seed (training + per-epoch evaluation).",
+        ("Test accuracy (%), mean ± sample standard deviation over seeds. \"last epoch\": the "
+         "final epoch's test accuracy (our main number; the paper does not say last or best); "
+         "\"best val\": the test accuracy "
+         "at the epoch with the best validation accuracy. Time / run: mean wall time of one "
+         "seed (training + per-epoch evaluation)."),
     ]
     groups = sorted({m.group for m in study.methods if m.group != "main"})
     shas = {pair.name: current_teacher_sha256(study, pair) for pair in tier.pairs}

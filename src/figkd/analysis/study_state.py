@@ -264,7 +264,7 @@ class _PartWriter(io.RawIOBase):
             self.handle.close()
         path = self.folder / PART_NAME.format(len(self.parts))
         self.parts.append(path)
-        self.handle = open(path, "wb")
+        self.handle = open(path, "wb")  # noqa: SIM115 - held across writes; close() ends it
         self.left = self.part_bytes
 
     def close(self) -> None:
@@ -423,17 +423,19 @@ def _unpack_bundle(folder: Path, staging: Path) -> dict[str, Any]:
             )
         if path.stat().st_size != part["bytes"] or file_sha256(path) != part["sha256"]:
             raise ValueError(f"{path} is damaged (size or SHA-256 differs from {MANIFEST})")
-    with _JoinedParts([folder / p["name"] for p in manifest["parts"]]) as stream:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                target = (staging / member.name).resolve()
-                if not member.isfile() or staging.resolve() not in target.parents:
-                    raise ValueError(f"bundle {folder} holds an unexpected entry {member.name!r}")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                source = tar.extractfile(member)
-                assert source is not None
-                with open(target, "wb") as handle:
-                    shutil.copyfileobj(source, handle)
+    with (
+        _JoinedParts([folder / p["name"] for p in manifest["parts"]]) as stream,
+        tarfile.open(fileobj=stream, mode="r|") as tar,
+    ):
+        for member in tar:
+            target = (staging / member.name).resolve()
+            if not member.isfile() or staging.resolve() not in target.parents:
+                raise ValueError(f"bundle {folder} holds an unexpected entry {member.name!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            assert source is not None
+            with open(target, "wb") as handle:
+                shutil.copyfileobj(source, handle)
     return manifest
 
 
@@ -452,7 +454,7 @@ class _JoinedParts(io.RawIOBase):
             if self.handle is None:
                 if not self.paths:
                     return 0
-                self.handle = open(self.paths.pop(0), "rb")
+                self.handle = open(self.paths.pop(0), "rb")  # noqa: SIM115 - across reads
             count = self.handle.readinto(buffer)
             if count:
                 return count

@@ -112,7 +112,9 @@ class _DecodedImages(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         image = self.dataset.raw_image(index)
         if isinstance(image, torch.Tensor):
-            raise ValueError(f"{type(self.dataset).__name__} holds tensors; it cannot be resized")
+            raise ValueError(  # noqa: TRY004 - the dataset's kind, not an argument's type
+                f"{type(self.dataset).__name__} holds tensors; it cannot be resized"
+            )
         if self.size is not None:
             image = TF.resize(image, [self.size, self.size])
         array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())

@@ -51,7 +51,7 @@ def _shear(axis: int) -> Op:
 def _translate(axis: int) -> Op:
     def op(img: Any, m: float) -> Any:
         width, height = F.get_image_size(img)
-        shift = int(round(0.3 * m * (width if axis == 0 else height) * _sign()))
+        shift = round(0.3 * m * (width if axis == 0 else height) * _sign())
         move = [shift, 0] if axis == 0 else [0, shift]
         return F.affine(img, angle=0.0, translate=move, scale=1.0, shear=[0.0, 0.0],
                         fill=_fill(img))

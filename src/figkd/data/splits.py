@@ -35,7 +35,7 @@ def stratified_split(
         members = np.flatnonzero(labels == label)
         if len(members) < 2:
             continue
-        count = int(round(fraction * len(members)))
+        count = round(fraction * len(members))
         count = min(max(count, 1), len(members) - 1)
         val.append(rng.permutation(members)[:count])
     val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def run_seeds(
             run_cfg.train.seed = seed
             callback = None
             if on_epoch_end is not None:
-                callback = (lambda s: lambda record: on_epoch_end(s, record))(seed)
+                callback = functools.partial(on_epoch_end, seed)
             label = f"{prefix}seed{seed} " if len(seeds) > 1 else prefix
             trainer = Trainer(
                 run_cfg,

@@ -276,9 +276,9 @@ def resolve_planned_cache(cfg: Any, data: Any, teacher: nn.Module, teacher_recor
         for epoch in range(first_epoch, epochs + 1):
             for rank in range(ctx.world_size):
                 needed[epoch - 1, source.positions(epoch, rank, ctx.world_size)] = True
-    kwargs = dict(device=device, batch_size=cache_batch_size(cfg, device),
-                  num_workers=cfg.data.num_workers,
-                  channels_last=cfg.train.channels_last, log=say)
+    kwargs = {"device": device, "batch_size": cache_batch_size(cfg, device),
+              "num_workers": cfg.data.num_workers,
+              "channels_last": cfg.train.channels_last, "log": say}
     plain = getattr(teacher, "_orig_mod", teacher)
     cache, info = build_on_rank0(
         lambda: load_or_build_planned(plain, fields, planned, cfg.teacher.cache_dir, needed,

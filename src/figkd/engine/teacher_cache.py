@@ -622,8 +622,8 @@ def resolve_teacher_cache(
     if cfg.teacher.cache_views == "used":  # only the (sample, view) pairs this run will draw
         epochs = range(first_epoch, cfg.train.epochs + 1)
         needed = used_views(data.train, views, len(images), epochs)
-    kwargs = dict(needed=needed, device=device, batch_size=cache_batch_size(cfg, device),
-                  channels_last=cfg.train.channels_last, log=say)
+    kwargs = {"needed": needed, "device": device, "batch_size": cache_batch_size(cfg, device),
+              "channels_last": cfg.train.channels_last, "log": say}
     plain = getattr(teacher, "_orig_mod", teacher)
     cache, info = build_on_rank0(
         lambda: load_or_build(plain, fields, images, spec, cfg.teacher.cache_dir, **kwargs),

@@ -37,6 +37,7 @@ and saved in the loss's state_dict, so runs and resumed runs reproduce.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable
@@ -121,7 +122,7 @@ class Bottleneck(nn.Module):
 def _conv_mlp(*widths: int, final_bn: bool = True) -> list[nn.Module]:
     """1x1 conv -> BN [-> ReLU] chain through ``widths`` (no ReLU after the last conv)."""
     layers: list[nn.Module] = []
-    for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (cin, cout) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Conv2d(cin, cout, 1))
         last = i == len(widths) - 2
         if not last or final_bn:

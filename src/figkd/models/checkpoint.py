@@ -133,7 +133,8 @@ def read_checkpoint_file(
             f"checkpoint; copy it again or retrain it ({first})"
         ) from error
     if not isinstance(raw, Mapping):
-        raise ValueError(f"checkpoint {path} holds a {type(raw).__name__}, not a dict")
+        # the file's content is wrong, not the caller's argument: ValueError, as for damage
+        raise ValueError(f"checkpoint {path} holds a {type(raw).__name__}, not a dict")  # noqa: TRY004
     return dict(raw)
 
 
@@ -243,7 +244,7 @@ def fitting_architectures(
                 candidate = create_model(
                     name, num_classes=int(weight.shape[0]), in_channels=in_channels
                 )
-        except Exception:  # noqa: BLE001 - a model that cannot be built this way fits nothing
+        except Exception:  # noqa: BLE001, S112 - a model that cannot be built this way fits nothing
             continue
         shapes = {
             k: tuple(v.shape) for k, v in candidate.state_dict().items() if not _is_counter(k)
