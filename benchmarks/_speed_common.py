@@ -15,17 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from figkd.engine.run_dir import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def header(title: str, script: str, device: torch.device) -> list[str]:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 import figkd.data as data
+from figkd.engine.run_dir import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,16 +44,6 @@ def find_root(root: str | None) -> Path:
     if (shared / "tiny-imagenet-100a.tar").is_file():
         return data.extract_tiny_imagenet_tar(shared / "tiny-imagenet-100a.tar", REPO / ".cache")
     return data.resolve_root("tiny-imagenet")  # $FIGKD_DATA, ./data; raises with the layout
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def rate(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], images: int, warmup: int,

@@ -184,7 +184,10 @@ def test_a_record_of_another_teacher_fails_and_is_left_out_of_the_table(
     assert "--replace-stale" in kd["error"] and sha in kd["error"]
     S.write_study_report(tampered, manifest, "figkd study --tier unit", 1.0)
     text = (tampered.out / "study.md").read_text()
-    assert "left out of the tables: 1 finished run(s)" in text
+    bullets = text.split("\n\nTest accuracy")[0]  # among the provenance bullets
+    assert "- left out of the tables: 1 finished run(s)" in bullets
+    assert "- finished runs: 3," in bullets  # teacher, CE, FiGKD: not the stale KD
+    assert {row["method"] for row in _report_rows(tampered)} == {"ce", "figkd"}  # no kd
     assert not any(line.startswith("| KD |") for line in text.splitlines())
     assert any(line.startswith("| FiGKD") for line in text.splitlines())
 
@@ -206,6 +209,30 @@ def test_replace_stale_sets_the_record_aside_and_trains_it_again(
     want = _summary(_pair_dir(original["study"]) / "kd" / "seed0")
     assert _summary(kd)["final"]["test"] == want["final"]["test"]
     assert aside not in state.find_run_dirs(tampered.out.parent)  # hidden from `figkd state`
+    # the engine's report.csv counts the retrained seed only, not the one set aside
+    S.write_study_report(tampered, manifest, "figkd study --tier unit", 1.0)
+    kd_row = next(row for row in _report_rows(tampered) if row["method"] == "kd")
+    assert (kd_row["n"], kd_row["seeds"]) == ("1", "0")
+    assert float(kd_row["top1_last_mean"]) == want["final"]["test"]["top1"]
+
+
+def _report_rows(study: S.Study) -> list[dict[str, str]]:
+    import csv
+
+    with open(study.out / "report.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_find_summaries_skips_hidden_folders(tmp_path: Path) -> None:
+    from figkd.engine.report import find_summaries
+
+    for where in ("exp/seed0", ".stale/exp/seed0.1", "exp/.state-incoming-x/seed0"):
+        (tmp_path / where).mkdir(parents=True)
+        (tmp_path / where / "summary.json").write_text(json.dumps({"where": where}))
+    assert [s["where"] for s in find_summaries([tmp_path])] == ["exp/seed0"]
+    hidden = tmp_path / ".stale" / "exp" / "seed0.1"  # named directly, it is read
+    assert [s["where"] for s in find_summaries([hidden])] == [".stale/exp/seed0.1"]
+    assert [s["where"] for s in find_summaries([tmp_path / ".stale"])] == [".stale/exp/seed0.1"]
 
 
 def test_set_aside_numbers_repeated_moves(tmp_path: Path) -> None:

@@ -34,7 +34,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -1113,15 +1112,9 @@ def results_table(rows: Sequence[Result], reference: str | None, ref_name: str) 
 
 def machine() -> str:
     """CPU model (as lscpu's "Model name"), cores, and the GPU when CUDA is available."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{model}, {os.cpu_count()} CPU cores"
+    from figkd.engine.run_dir import cpu_model
+
+    text = f"{cpu_model()}, {os.cpu_count()} CPU cores"
     try:
         import torch
 
@@ -1209,7 +1202,23 @@ def write_study_report(
         parts.append(
             "- runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         )
-    finished = [s for s in find_summaries([out]) if s.get("status") == "finished"]
+    shas = {pair.name: current_teacher_sha256(study, pair) for pair in tier.pairs}
+    summaries, stale = [], 0
+    for summary in find_summaries([out]):
+        pair_name = str(summary.get("experiment") or "").split("/")[0]
+        if summary.get("status") == "finished" and not distilled_from(
+            summary, shas.get(pair_name)
+        ):
+            stale += 1  # its numbers belong to another teacher's table
+        else:
+            summaries.append(summary)
+    if stale:
+        parts.append(
+            f"- left out of the tables: {stale} finished run(s) distilled from another "
+            "teacher file than the one in this folder (`figkd study --replace-stale` trains "
+            "them again)"
+        )
+    finished = [s for s in summaries if s.get("status") == "finished"]
     if finished:
         resumed = sum(1 for s in finished if s.get("resumed"))
         devices = sorted({str(s["device"]) for s in finished if s.get("device")})
@@ -1227,18 +1236,6 @@ def write_study_report(
          "seed (training + per-epoch evaluation)."),
     ]
     groups = sorted({m.group for m in study.methods if m.group != "main"})
-    shas = {pair.name: current_teacher_sha256(study, pair) for pair in tier.pairs}
-    stale = [
-        s for pair in tier.pairs if (out / pair.name).is_dir()
-        for s in find_summaries([out / pair.name])
-        if s.get("status") == "finished" and not distilled_from(s, shas[pair.name])
-    ]
-    if stale:
-        parts.append(
-            f"- left out of the tables: {len(stale)} finished run(s) distilled from another "
-            "teacher file than the one in this folder (`figkd study --replace-stale` trains "
-            "them again)"
-        )
     for pair in tier.pairs:
         base = out / pair.name
         sha = shas[pair.name]
@@ -1269,7 +1266,7 @@ def write_study_report(
     text = "\n".join(parts) + "\n"
     path = out / "study.md"
     path.write_text(text)
-    write_report(aggregate(find_summaries([out])), out)  # the engine's own `figkd report` table
+    write_report(aggregate(summaries), out)  # the engine's own `figkd report` table
     if manifest is not None:
         (out / "study.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return path

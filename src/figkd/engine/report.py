@@ -25,14 +25,22 @@ from figkd.engine.run_dir import SUMMARY
 
 
 def find_summaries(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
-    """Load every ``summary.json`` at or below ``paths`` (sorted by path)."""
+    """Load every ``summary.json`` at or below ``paths`` (sorted by path).
+
+    Below a folder, hidden folders are skipped: they hold runs set aside (a study's
+    ``.stale/``) or half-written copies (``.state-incoming-*``), whose seeds would otherwise
+    be averaged with the live ones of the same experiment.
+    """
     found: list[Path] = []
     for path in paths:
         path = Path(path)
         if path.is_file() and path.name == SUMMARY:
             found.append(path)
         elif path.is_dir():
-            found.extend(sorted(path.rglob(SUMMARY)))
+            found.extend(sorted(
+                p for p in path.rglob(SUMMARY)
+                if not any(part.startswith(".") for part in p.relative_to(path).parts)
+            ))
         else:
             raise FileNotFoundError(f"no run folder or summary.json at {path}")
     summaries = []
