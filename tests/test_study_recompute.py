@@ -192,6 +192,19 @@ def test_a_record_of_another_teacher_fails_and_is_left_out_of_the_table(
     assert any(line.startswith("| FiGKD") for line in text.splitlines())
 
 
+def test_the_plan_names_a_stale_record_and_what_becomes_of_it(tampered: S.Study) -> None:
+    sha = file_sha256(tampered.teacher_checkpoint(tampered.tier.pairs[0]))
+    jobs = S.student_jobs(tampered, {PAIR: sha}, write=False)
+    lines = S.describe_plan(tampered, jobs).splitlines()[1:]
+    stale = [line for line in lines if line.lstrip().startswith("stale")]
+    assert len(stale) == 1 and stale[0].endswith("(fails: --replace-stale trains it again)")
+    assert "/kd.yaml" in stale[0]
+    assert sum(line.lstrip().startswith("finished") for line in lines) == 2  # CE, FiGKD
+    tampered.replace_stale = True
+    again = S.describe_plan(tampered, jobs)
+    assert "stale" in again and again.count("(set aside and trained again)") == 1
+
+
 def test_replace_stale_sets_the_record_aside_and_trains_it_again(
     tampered: S.Study, original: dict
 ) -> None:

@@ -1279,8 +1279,12 @@ def tier_with(tier: Tier, **changes: Any) -> Tier:
 
 
 def describe_plan(study: Study, jobs: Sequence[Job]) -> str:
+    """One line per run: its state, kind, config and seed; what a stale run will become."""
     lines = [f"{study.tier.name}: {study.tier.description}"]
+    fate = ("  (set aside and trained again)" if study.replace_stale
+            else "  (fails: --replace-stale trains it again)")
     for job in jobs:
         state = run_state(job.run_dir, job.config.train.epochs, job.config.teacher.sha256)
-        lines.append(f"  {state:<8} {job.kind:<7} {job.config_path}  --seeds {job.seed}")
+        lines.append(f"  {state:<8} {job.kind:<7} {job.config_path}  --seeds {job.seed}"
+                     + (fate if state == "stale" else ""))
     return "\n".join(lines)
