@@ -1,4 +1,5 @@
-"""Fixtures shared across test files (fake CIFAR-100 copies, one-thread loss tests)."""
+"""Fixtures shared across test files (fake CIFAR-100 copies, one-thread loss tests, the
+studies' unit tier)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,23 @@ def digits_config(out: Path, name: str, **sections: Any) -> Config:
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
     return config_from_dict(data)
+
+
+def unit_tier(**changes: Any) -> Any:
+    """The study tests' tier: tiny_cnn width 8 -> width 4, one seed, CPU-sized batches, no
+    workers, one thread; ``changes`` replace fields (epochs, seeds, pairs, ...)."""
+    from figkd.analysis import study as S
+
+    tier = S.Tier(
+        name="unit",
+        description="unit test",
+        pairs=(S.Pair("tiny_cnn", "tiny_cnn", {"width": 8}, {"width": 4}),),
+        epochs=1,
+        teacher_epochs=1,
+        seeds=(0,),
+        val_fraction=0.25,
+        batch_size=16,
+        num_workers=0,
+        threads=1,
+    )
+    return S.tier_with(tier, **changes)

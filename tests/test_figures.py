@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import pywt
 import torch
+from conftest import unit_tier
 from PIL import Image
 
 from figkd.analysis import study as S
@@ -31,18 +32,7 @@ def pair_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = synthetic.write_fake_tiny_imagenet(
         base / "data", num_classes=12, train_per_class=6, val_per_class=3, size=32
     )
-    tier = S.Tier(
-        name="unit",
-        description="unit test",
-        pairs=(S.Pair("tiny_cnn", "tiny_cnn", {"width": 8}, {"width": 4}),),
-        epochs=1,
-        teacher_epochs=2,
-        seeds=(0,),
-        val_fraction=0.2,
-        batch_size=16,
-        num_workers=0,
-        threads=1,
-    )
+    tier = unit_tier(teacher_epochs=2, val_fraction=0.2)
     methods = [m for m in S.main_methods(1) if m.name in ("ce", "kd", "figkd")]
     study = S.plan_study(tier, base / "runs", root, methods=methods, device="cpu")
     manifest = S.run_study(study, say=lambda _: None)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import unit_tier
 
 from figkd.analysis import study as S
 from figkd.cli import main
@@ -159,19 +160,7 @@ def fake_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _tiny_tier(**changes) -> S.Tier:
-    tier = S.Tier(
-        name="unit",
-        description="unit test",
-        pairs=(S.Pair("tiny_cnn", "tiny_cnn", {"width": 8}, {"width": 4}),),
-        epochs=1,
-        teacher_epochs=1,
-        seeds=(0, 1),
-        val_fraction=0.25,
-        batch_size=16,
-        num_workers=0,
-        threads=1,
-    )
-    return S.tier_with(tier, **changes)
+    return unit_tier(**{"seeds": (0, 1), **changes})
 
 
 def test_make_subset_keeps_first_images_per_class(fake_root: Path, tmp_path: Path) -> None:

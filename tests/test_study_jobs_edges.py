@@ -21,6 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from conftest import unit_tier
 
 import figkd.analysis.study as S
 from figkd.config import load_config
@@ -40,19 +41,8 @@ PAIR_NAME = "tiny_cnn-w8_tiny_cnn-w4"  # <teacher>-<arg initial><value>_<student
 
 
 def _tier(**changes: Any) -> S.Tier:
-    tier = S.Tier(
-        name="unit",
-        description="unit test",
-        pairs=(PAIR,),
-        epochs=2,
-        teacher_epochs=3,
-        seeds=(4, 7),
-        val_fraction=0.25,
-        batch_size=16,
-        num_workers=0,
-        threads=1,
-    )
-    return S.tier_with(tier, **changes)
+    return unit_tier(**{"pairs": (PAIR,), "epochs": 2, "teacher_epochs": 3, "seeds": (4, 7),
+                        **changes})
 
 
 def _methods(*names: str) -> list[S.Method]:

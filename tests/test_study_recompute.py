@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import unit_tier
 
 from figkd.analysis import study as S
 from figkd.analysis import study_state as state
@@ -31,18 +32,7 @@ METHODS = [m for m in S.main_methods(2) if m.name in ("ce", "kd", "figkd")]
 
 
 def _tier() -> S.Tier:
-    return S.Tier(
-        name="unit",
-        description="unit test",
-        pairs=(S.Pair("tiny_cnn", "tiny_cnn", {"width": 8}, {"width": 4}),),
-        epochs=2,
-        teacher_epochs=2,
-        seeds=(0,),
-        val_fraction=0.25,
-        batch_size=16,
-        num_workers=0,
-        threads=1,
-    )
+    return unit_tier(epochs=2, teacher_epochs=2)
 
 
 PAIR = _tier().pairs[0].name

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import unit_tier
 
 from figkd.analysis import study as S
 from figkd.analysis import study_state as state
@@ -34,18 +35,7 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _tier() -> S.Tier:
-    return S.Tier(
-        name="unit",
-        description="unit test",
-        pairs=(S.Pair("tiny_cnn", "tiny_cnn", {"width": 8}, {"width": 4}),),
-        epochs=3,
-        teacher_epochs=2,
-        seeds=(0,),
-        val_fraction=0.25,
-        batch_size=16,
-        num_workers=0,
-        threads=1,
-    )
+    return unit_tier(epochs=3, teacher_epochs=2)
 
 
 KD = [m for m in S.main_methods(3) if m.name in ("kd", "figkd")]
