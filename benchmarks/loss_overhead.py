@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=rounds_value, default=15,
+    parser.add_argument("--rounds", type=rounds_value, default=overhead.DEFAULT_ROUNDS,
                         help="interleaved timing rounds per size")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto = CPU, then CUDA too when present")

@@ -50,6 +50,8 @@ CALIBRATION_CALLS = 3
 TARGET_BLOCK_SECONDS = 0.02
 #: most calls in one block (fast configurations would otherwise need thousands)
 MAX_BLOCK_ITERATIONS = 200
+#: interleaved rounds per size unless asked otherwise
+DEFAULT_ROUNDS = 15
 
 Clock = Callable[[], float]
 
@@ -74,19 +76,11 @@ def default_configurations() -> dict[str, DistillationLoss]:
 
 
 def path_of(loss: DistillationLoss, num_classes: int, device: torch.device) -> str:
-    """Which computation FiGKDLoss picks at this size (mirrors ``figkd.losses.figkd_loss``);
-    ``-`` for any other loss.  The report shows it because the ratio jumps between paths."""
-    from figkd.losses import figkd_loss
-
+    """Which computation FiGKDLoss picks at this size (:meth:`FiGKDLoss.computation`); ``-``
+    for any other loss.  The report shows it because the ratio jumps between paths."""
     if not isinstance(loss, FiGKDLoss):
         return "-"
-    if loss.training and loss.noise_std > 0:
-        return "band path"
-    if num_classes <= figkd_loss.BAND_MATRIX_MAX_CLASSES.get(device.type, 0):
-        return "band matrix"
-    if loss.transform == "2d" and loss.wavelet in ("haar", "db1") and loss.mode == "zero":
-        return "fused Haar"
-    return "band path"
+    return loss.computation(num_classes, device.type)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -202,7 +196,7 @@ def _grid(num_classes: int) -> str:
 def benchmark(
     device: torch.device,
     sizes: Iterable[tuple[int, int]] = DEFAULT_SIZES,
-    rounds: int = 15,
+    rounds: int = DEFAULT_ROUNDS,
     configs: Mapping[str, DistillationLoss] | None = None,
     seed: int = 0,
     say: Callable[[str], None] = _silent,
@@ -302,7 +296,7 @@ def build_report(
     command: str,
     devices: Iterable[torch.device],
     sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
-    rounds: int = 15,
+    rounds: int = DEFAULT_ROUNDS,
     say: Callable[[str], None] = _silent,
 ) -> str:
     """The whole Markdown report: header, then every device's tables."""

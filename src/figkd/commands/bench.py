@@ -28,7 +28,6 @@ from figkd.cli import Command
 #: ``--quick``: one size, few rounds
 QUICK_SIZES = ["64x100"]
 QUICK_ROUNDS = 3
-DEFAULT_ROUNDS = 15
 
 
 def size_value(text: str) -> tuple[int, int]:
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     default_sizes = QUICK_SIZES if args.quick else [f"{b}x{c}" for b, c in overhead.DEFAULT_SIZES]
     sizes = args.sizes or [size_value(text) for text in default_sizes]
-    rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
+    rounds = args.rounds or (QUICK_ROUNDS if args.quick else overhead.DEFAULT_ROUNDS)
     devices = overhead.resolve_devices(args.device)  # ValueError (cuda asked, none here) -> exit 2
     command = (f"figkd bench --sizes {' '.join(f'{b}x{c}' for b, c in sizes)} "
                f"--rounds {rounds} --device {args.device}")
@@ -80,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from figkd.analysis.overhead import DEFAULT_ROUNDS
     from figkd.commands.train import HelpFormatter
 
     parser.formatter_class = HelpFormatter  # keeps the examples above on their own lines

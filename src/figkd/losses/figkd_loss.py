@@ -183,18 +183,29 @@ class FiGKDLoss(DistillationLoss):
     def _band_weight(self, coefficients: int) -> float:
         return 1.0 / coefficients if self.reduction == "mean" else 1.0
 
+    def computation(self, num_classes: int, device_type: str) -> str:
+        """Which node computes the detail loss at this size and device: "band path" (noise
+        on the teacher's bands needs the bands themselves), "band matrix" or "fused Haar".
+        ``figkd bench`` names it beside each timing."""
+        if self.training and self.noise_std > 0:
+            return "band path"
+        if num_classes <= BAND_MATRIX_MAX_CLASSES.get(device_type, 0):
+            return "band matrix"
+        if self.transform == "2d" and self.wavelet in ("haar", "db1") and self.mode == "zero":
+            return "fused Haar"
+        return "band path"
+
     def _detail(self, student_logits: Tensor, teacher_logits: Tensor, scale: float) -> Tensor:
         # Low-precision (AMP) logits are upcast; float64 stays float64.
         dtype = torch.promote_types(student_logits.dtype, torch.float32)
         student = student_logits.to(dtype)
         teacher = teacher_logits.detach().to(dtype)
         batch, num_classes = student.shape
-        if self.training and self.noise_std > 0:
-            return self._band_path(student - teacher) * scale
-        if num_classes <= BAND_MATRIX_MAX_CLASSES.get(student.device.type, 0):
+        node = self.computation(num_classes, student.device.type)
+        if node == "band matrix":
             matrix = self.band_matrix(num_classes, dtype, student.device)
             return linear_band_loss(student, teacher, matrix, scale / batch)
-        if self.transform == "2d" and self.wavelet in ("haar", "db1") and self.mode == "zero":
+        if node == "fused Haar":
             return self._fused_haar(student, teacher, scale)
         return self._band_path(student - teacher) * scale
 
