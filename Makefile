@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench bench-speed mutate install clean
+.PHONY: demo test test-slow lint typecheck bench bench-speed mutate install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ RUFF := ruff==0.17.6
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet "$(RUFF)"
 	$(BIN)/python -m ruff check src
+
+# mypy on the package (config in pyproject.toml); pinned with the stubs it reads (CI runs it)
+MYPY := mypy==2.4.1 types-PyYAML==6.0.12.20261122 types-tqdm==4.70.0.20261106
+typecheck: $(STAMP)
+	$(BIN)/python -m pip install --quiet $(MYPY)
+	$(BIN)/python -m mypy
 
 # each target rewrites the files README's Speed table cites, with the commands recorded in them
 bench: $(STAMP)

@@ -738,3 +738,21 @@ def test_help_lists_every_key_with_type_default_and_help() -> None:
     ]
     for line in expected:
         assert line in lines
+
+
+def test_describe_config_shows_factory_defaults_and_refuses_a_field_without_one() -> None:
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Part:
+        names: list[str] = dataclasses.field(default_factory=lambda: ["a", "b"])
+        depth: int = 3
+
+    assert describe_config(Part) == ["  names (list[str]) = [a, b]", "  depth (int) = 3"]
+
+    @dataclasses.dataclass
+    class Broken:
+        size: int
+
+    with pytest.raises(TypeError, match="config field size has no default"):
+        describe_config(Broken)

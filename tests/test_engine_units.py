@@ -228,3 +228,18 @@ def test_losses_check_their_inputs_except_where_the_trainer_checks_for_them(
     cfg = config_from_dict({"loss": {"name": "kd", "args": args}})
     loss = build_method(cfg, torch.device(device))  # building a loss needs no GPU
     assert loss.validate is expected
+
+
+def test_train_preset_is_the_config_s_or_the_dataset_s_default_and_never_none() -> None:
+    from types import SimpleNamespace
+
+    from figkd.engine.data import train_preset
+
+    def cfg(dataset: str, preset: str | None) -> Any:
+        return SimpleNamespace(data=SimpleNamespace(dataset=dataset, preset=preset))
+
+    assert train_preset(cfg("tiny-imagenet", None)).name == "tiny-imagenet-64"
+    assert train_preset(cfg("tiny-imagenet", "tiny-imagenet-32")).name == "tiny-imagenet-32"
+    # uint8-shards has no default preset: load_config refuses it, and so does an unchecked config
+    with pytest.raises(ValueError, match="'uint8-shards' has no default preset: set data.preset"):
+        train_preset(cfg("uint8-shards", None))

@@ -222,3 +222,20 @@ def test_a_device_type_missing_from_the_table_never_uses_the_band_matrix(monkeyp
 def test_level_must_be_a_positive_int_not_a_bool_or_float(level: object) -> None:
     with pytest.raises(ValueError, match="level must be a positive integer"):
         FiGKDLoss(level=level)  # type: ignore[arg-type]
+
+
+def test_fused_haar_node_without_levels_or_low_band_is_zero_and_has_no_gradient() -> None:
+    """No level weights and no low weight: the loss is the constant 0 and backward must not
+    fail (it used to reshape a missing gradient); the student gets no gradient from it."""
+    student = _logits(3, 10, 0).requires_grad_(True)
+    loss = haar_detail_loss(student, _logits(3, 10, 1), (4, 3), [], 0.0)
+    assert loss.item() == 0.0
+    (loss + student.sum()).backward()  # the sum gives a gradient of ones
+    assert torch.equal(student.grad, torch.ones_like(student))
+
+
+@pytest.mark.parametrize("grid", [(10,), (0, 10), (2, 5, 10), (2.5, 4)])
+def test_a_malformed_grid_is_refused_when_the_loss_is_built(grid: tuple) -> None:
+    with pytest.raises(ValueError, match=r"grid must be a pair of positive integers \(H, W\)"):
+        FiGKDLoss(grid=grid)
+    assert FiGKDLoss(grid=[2, 5]).grid == (2, 5)  # a config gives a list

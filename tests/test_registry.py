@@ -65,3 +65,16 @@ def test_suggestions_are_the_three_closest_at_half_similarity_or_more() -> None:
     )
     assert _suggestions(["abxy", "zzzz"], "abcd") == "Did you mean 'abxy'?"
     assert _suggestions(["zzzz"], "abcd") == ""
+
+
+def test_register_without_a_name_needs_one_from_the_entry() -> None:
+    registry: Registry[object] = Registry("widget")
+
+    @registry.register()
+    def resnet8() -> None: ...
+
+    assert registry.get("resnet8") is resnet8
+    with pytest.raises(TypeError, match=r"widget entry 7 has no __name__; register it with name="):
+        registry.register()(7)
+    registry.register("seven")(7)
+    assert registry.get("seven") == 7

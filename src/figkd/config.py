@@ -297,7 +297,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping (key: value), got {value!r}")
         return {str(k): copy.deepcopy(v) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
     if tp is bool:
         if isinstance(value, bool):
@@ -534,7 +534,7 @@ def _check_path(path: list[str]) -> Any:
     cls: Any = Config
     where = ""
     for part in path:
-        if not dataclasses.is_dataclass(cls):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             return Any
         fields = {f.name: f for f in dataclasses.fields(cls)}
         if part not in fields:
@@ -742,13 +742,15 @@ def describe_config(cls: type = Config, prefix: str = "") -> list[str]:
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             lines.extend(describe_config(tp, f"{key}."))
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         else:
-            default = f.default_factory()  # type: ignore[misc]
+            raise TypeError(f"config field {key} has no default; give it one so it can be shown")
         shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
         text = f.metadata.get("help", "")
         lines.append(f"  {key} ({_type_name(tp)}) = {shown}  {text}".rstrip())

@@ -23,10 +23,12 @@ plain logit path unchanged.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+
+from figkd.models.base import Features, ZooModel
 
 
 def num_views(loss: nn.Module) -> int:
@@ -43,6 +45,11 @@ def _plain(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def _forward_features(model: nn.Module, images: Tensor) -> Features:
+    """``model.forward_features``; :class:`Distiller` checks up front that the student has it."""
+    return cast(ZooModel, model).forward_features(images)
+
+
 class FeatureOutput(nn.Module):
     """Makes ``forward`` return ``model.forward_features(x)``.
 
@@ -55,7 +62,7 @@ class FeatureOutput(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Any:
-        return self.model.forward_features(x)
+        return _forward_features(self.model, x)
 
 
 def features_view(student: nn.Module, loss: nn.Module) -> nn.Module:
@@ -152,6 +159,8 @@ class Distiller(nn.Module):
             )
         weak, strong = images
         student_weak, student_strong = self.student(weak), self.student(strong)
+        teacher_weak: Tensor | None
+        teacher_strong: Tensor | None
         if isinstance(teacher_logits, Tensor):  # cached weak view (engine/teacher_cache.py)
             teacher_weak, teacher_strong = teacher_logits, self.teacher_logits(strong)
         elif teacher_logits is not None:
@@ -174,7 +183,7 @@ class Distiller(nn.Module):
     def _student_features(self, images: Tensor) -> Any:
         if isinstance(_plain(self.student), FeatureOutput):
             return self.student(images)  # DDP / compile wrap a FeatureOutput: go through forward
-        return self.student.forward_features(images)
+        return _forward_features(self.student, images)
 
     @torch.no_grad()
     def teacher_features(self, images: Tensor) -> Any:
@@ -184,7 +193,7 @@ class Distiller(nn.Module):
                 f"loss {type(self.loss).__name__} needs a teacher but none was given: set "
                 "teacher.name and teacher.checkpoint"
             )
-        return self.teacher.forward_features(images)
+        return _forward_features(self.teacher, images)
 
     def _forward_with_context(
         self,

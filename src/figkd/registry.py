@@ -33,7 +33,11 @@ class Registry(Generic[T]):
         """Decorator that registers an entry under ``name`` (default: its ``__name__``)."""
 
         def decorator(entry: T) -> T:
-            key = name if name is not None else entry.__name__
+            key = name if name is not None else getattr(entry, "__name__", None)
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"{self.kind} entry {entry!r} has no __name__; register it with name=..."
+                )
             self.add(key, entry, aliases=aliases)
             return entry
 

@@ -185,7 +185,7 @@ def frequency_figure(
     plt.close(fig)
     paths["components_png"] = out / "frequency_components.png"
     _components_figure(outputs, components, record, paths["components_png"], plt)
-    np.savez(paths["npz"], **arrays)
+    np.savez(paths["npz"], allow_pickle=False, **arrays)
     paths["json"].write_text(json.dumps(record, indent=1) + "\n")
     return paths
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from figkd.config import Config, config_from_dict, load_yaml
+from figkd.models import ZooModel
 
 
 @dataclass
@@ -20,7 +20,7 @@ class LoadedRun:
 
     path: Path
     config: Config
-    model: nn.Module
+    model: ZooModel
     test: Any  # torch Dataset of (image, label), with .classes and .targets
 
     @property
@@ -46,12 +46,13 @@ def load_run(
     The test transform is the preset's evaluation transform; ``data_root`` replaces the
     config's ``data.root`` (for runs moved to another machine).
     """
-    from figkd.data import build_transforms, get_dataset_info, get_preset, load_dataset
+    from figkd.data import build_transforms, load_dataset
     from figkd.engine.checkpoint import load_teacher
+    from figkd.engine.data import train_preset
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    preset = get_preset(cfg.data.preset or get_dataset_info(cfg.data.dataset).default_preset)
+    preset = train_preset(cfg)
     root = data_root if data_root is not None else cfg.data.root
     test = load_dataset(
         cfg.data.dataset, root, "test", build_transforms(preset, train=False), **cfg.data.args
@@ -79,7 +80,7 @@ def stack_images(dataset: Any, indices: list[int]) -> tuple[torch.Tensor, np.nda
 
 @torch.no_grad()
 def forward_all(
-    model: nn.Module, dataset: Any, indices: list[int], batch_size: int = 256
+    model: ZooModel, dataset: Any, indices: list[int], batch_size: int = 256
 ) -> dict[str, np.ndarray]:
     """Logits and embeddings (``forward_features``) of ``indices``, as float64 arrays."""
     logits, embeddings, labels = [], [], []

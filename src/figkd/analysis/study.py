@@ -277,9 +277,9 @@ def locate_tiny_imagenet(root: str | os.PathLike[str] | None, cache_dir: Path) -
         path = Path(root).expanduser()
         if path.is_file() and path.name.endswith(".tar"):
             return extract_tiny_imagenet_tar(path, cache_dir)
-        return resolve_root("tiny-imagenet", path)
+        return _files_root(resolve_root("tiny-imagenet", path))
     try:
-        return resolve_root("tiny-imagenet")
+        return _files_root(resolve_root("tiny-imagenet"))
     except FileNotFoundError as error:
         fallback = error
     for base in (Path(".cache"), Path("..") / "shared" / "data"):
@@ -292,6 +292,14 @@ def locate_tiny_imagenet(root: str | os.PathLike[str] | None, cache_dir: Path) -
     raise fallback
 
 
+def _files_root(path: Path | None) -> Path:
+    """``resolve_root``'s answer for a dataset read from files (``None`` only for the
+    file-less synthetic ones, which a study cannot subset)."""
+    if path is None:
+        raise ValueError("a study needs a dataset read from files; this one has none")
+    return path
+
+
 def study_dataset(name: str | None) -> str | None:
     """The canonical registry name of ``--dataset`` (``None``: the tier's tiny-imagenet)."""
     if name is None:
@@ -301,15 +309,15 @@ def study_dataset(name: str | None) -> str | None:
     return DATASETS.canonical(name)
 
 
-def subset_args(tier: Tier) -> dict[str, int]:
+def subset_args(tier: Tier) -> dict[str, Any]:
     """Reader options that make a per-class subset, for datasets other than tiny-imagenet
     (whose subsets are folders of symlinks, :func:`make_subset`)."""
     if tier.dataset == "tiny-imagenet":
         return {}
     from figkd.data import get_dataset_info
 
-    wanted = {"train_per_class": tier.train_per_class, "test_per_class": tier.test_per_class}
-    wanted = {k: v for k, v in wanted.items() if v is not None}
+    given = {"train_per_class": tier.train_per_class, "test_per_class": tier.test_per_class}
+    wanted = {k: v for k, v in given.items() if v is not None}
     accepted = get_dataset_info(tier.dataset).options()
     refused = [k for k in wanted if k not in accepted]
     if refused:
@@ -324,8 +332,7 @@ def locate_dataset(tier: Tier, root: str | os.PathLike[str] | None) -> Path:
     """The root folder of ``tier.dataset`` (not tiny-imagenet), checked by reading it once."""
     from figkd.data import load_dataset, resolve_root
 
-    path = resolve_root(tier.dataset, root)
-    assert path is not None
+    path = _files_root(resolve_root(tier.dataset, root))
     options = subset_args(tier)
     for split in ("train", "test"):
         load_dataset(tier.dataset, path, split, **options)  # fails early, naming missing parts
@@ -597,7 +604,7 @@ def student_jobs(
     ``teacher_free`` is False."""
     from figkd.losses import LOSSES
 
-    jobs = []
+    jobs: list[Job] = []
     tier = study.tier
     for pair in tier.pairs:
         for method in study.methods:
@@ -1019,7 +1026,7 @@ class Result:
 
     label: str
     experiment: str
-    seeds: list[int]
+    seeds: list[int | None]
     last: list[float]
     best: list[float]
     wall: list[float]
@@ -1055,7 +1062,10 @@ def collect(folder: Path, label: str, teacher_sha256: str | None = None) -> Resu
         if s.get("status") == "finished" and distilled_from(s, teacher_sha256)
     ]
     summaries.sort(key=lambda s: s.get("seed", 0))
-    last, best, wall, seeds = [], [], [], []
+    last: list[float] = []
+    best: list[float] = []
+    wall: list[float] = []
+    seeds: list[int | None] = []
     for s in summaries:
         top1 = (s.get("final") or {}).get("test", {}).get("top1")
         if top1 is None:
@@ -1101,8 +1111,8 @@ def results_table(rows: Sequence[Result], reference: str | None, ref_name: str) 
     for r in rows:
         mean, std = r.last_stats()
         best = pm(*r.best_stats()) if r.best else "–"
-        skip = ref_mean is None or r is ref or r.label.startswith("teacher")
-        delta = "" if skip else f"{mean - ref_mean:+.2f}"
+        skip = r is ref or r.label.startswith("teacher")
+        delta = "" if skip or ref_mean is None else f"{mean - ref_mean:+.2f}"
         lines.append(
             f"| {r.label} | {r.n} | {pm(mean, std)} | {best} | {delta} "
             f"| {duration(r.wall_mean())} |"

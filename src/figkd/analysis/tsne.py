@@ -116,6 +116,6 @@ def tsne_figure(
     paths = {"png": out / "tsne.png", "npz": out / "tsne.npz", "json": out / "tsne.json"}
     fig.savefig(paths["png"], dpi=110)
     plt.close(fig)
-    np.savez(paths["npz"], **arrays)
+    np.savez(paths["npz"], allow_pickle=False, **arrays)
     paths["json"].write_text(json.dumps(record, indent=1) + "\n")
     return paths

@@ -168,7 +168,7 @@ def _pywavelets_check(
     """FiGKD's detail loss on the trained models' test logits, against PyWavelets."""
     from figkd.data import build_transforms, load_dataset
     from figkd.engine.checkpoint import load_teacher
-    from figkd.losses import build_loss
+    from figkd.losses import FiGKDLoss
 
     test = load_dataset("digits", split="test", transform=build_transforms("digits", train=False))
     images = torch.stack([test[i][0] for i in range(len(test))]).double()
@@ -183,7 +183,7 @@ def _pywavelets_check(
         )
         with torch.no_grad():
             logits.append(model.double()(images))
-    ours = build_loss("figkd").detail_loss(logits[0], logits[1]).item()
+    ours = FiGKDLoss().detail_loss(logits[0], logits[1]).item()
     reference = _reference_detail(logits[0].numpy(), logits[1].numpy())
     return ours, reference, abs(ours - reference) <= 1e-9 * max(1.0, abs(reference))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from figkd.cli import Command
 from figkd.commands.train import HelpFormatter, split_items
@@ -56,7 +57,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     raw = load_weights_only(args.checkpoint)
     path, overrides = split_items(args.items)
-    data = raw.get("config") if isinstance(raw.get("config"), dict) else {}
+    recorded = raw.get("config")
+    data: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     if path is not None:
         data = deep_merge(data, read_yaml_with_bases(path))
     shortcuts = [f"model.name={args.model}"] if args.model else []

@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from figkd.cli import Command
 from figkd.commands.train import HelpFormatter
+
+if TYPE_CHECKING:
+    from figkd.analysis.runs import LoadedRun
 
 
 def find_pairs(folder: Path, seed: int) -> list[dict[str, Path]]:
@@ -106,19 +110,23 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else group["figkd"].parent.parent / "figures"
         if len(groups) > 1 and args.out:
             out = out / group["figkd"].parent.parent.name
-        loaded = {
+        loaded: dict[str, LoadedRun] = {
             name: load_run(group[name], checkpoint=args.checkpoint, data_root=args.data_root)
             for name in ("teacher", "ce", "kd", "figkd")
             if name in group
         }
-        written = []
+        written: list[Path] = []
         if "frequency" in args.kind:
-            rows = {k: loaded[k] for k in ("teacher", "kd", "figkd") if k in loaded}
+            rows: dict[str, LoadedRun] = {
+                k: loaded[k] for k in ("teacher", "kd", "figkd") if k in loaded
+            }
             written += frequency_figure(
                 rows, out, sample=args.sample, wavelet=args.wavelet
             ).values()
         if "tsne" in args.kind:
-            students = {k: loaded[k] for k in ("ce", "kd", "figkd") if k in loaded}
+            students: dict[str, LoadedRun] = {
+                k: loaded[k] for k in ("ce", "kd", "figkd") if k in loaded
+            }
             written += tsne_figure(
                 students,
                 out,

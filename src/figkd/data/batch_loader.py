@@ -110,7 +110,7 @@ def rotate_nearest(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
 class BatchAugment:
     """The batch version of a :class:`SmallImagePreset`'s train (or test) transform."""
 
-    def __init__(self, preset: str | SmallImagePreset, train: bool = True, scale: float = 255.0):
+    def __init__(self, preset: str | Preset, train: bool = True, scale: float = 255.0):
         spec = get_preset(preset)
         if not getattr(spec, "fast_path", False):
             raise ValueError(
@@ -321,7 +321,8 @@ class GPUBatchLoader:
             else:
                 yield index, params
 
-    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        """``(images, labels)``, or ``(images, labels, params)`` while ``return_params`` is set."""
         for index, params in self.plan():
             with intra_op_threads(self.threads):
                 index = index.to(self.device)

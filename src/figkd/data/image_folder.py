@@ -28,14 +28,14 @@ def _class_folders(folder: Path) -> list[str]:
 
 
 def _scan(folder: Path, names: list[str], class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
-    samples = []
+    samples: list[tuple[str, int]] = []
     for name in names:
         if name not in class_to_idx:
             raise dataset_error(
                 "image-folder",
                 f"class folder {folder / name} has no counterpart in the training tree.",
             )
-        found = []
+        found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(folder / name, followlinks=True):
             dirnames.sort()
             found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
@@ -64,7 +64,7 @@ class ImageFolderDataset(ImageFileDataset):
         if split == "train":
             folder, names = train_dir, classes
         elif split == "test":
-            names = (test_folder,) if test_folder else EVAL_FOLDERS
+            names = [test_folder] if test_folder else list(EVAL_FOLDERS)
             found = [root / n for n in names if (root / n).is_dir()]
             if train_dir == root or not found:
                 raise dataset_error(

@@ -201,7 +201,7 @@ def write_shards(
             )
             payloads = {f"block_{i:05d}": np.frombuffer(p, dtype=np.uint8)
                         for i, (_, _, p) in enumerate(group)}
-            np.savez(tmp, **meta, **payloads)
+            np.savez(tmp, allow_pickle=False, **meta, **payloads)
         size = tmp.stat().st_size
         if size > limit:  # the estimate above is an upper bound; this is a last guard
             tmp.unlink()

@@ -154,7 +154,8 @@ def write_fake_mit67(
 ) -> Path:
     folder = Path(root) / "mit67"
     categories = [f"scene_{chr(ord('a') + c)}" for c in range(num_classes)]
-    train, test = [], []
+    train: list[str] = []
+    test: list[str] = []
     i = 0
     for c, category in enumerate(categories):
         for k in range(train_per_class + test_per_class):
@@ -172,7 +173,9 @@ def write_fake_stanford40(
 ) -> Path:
     folder = Path(root) / "Stanford40"
     actions = [f"action_{chr(ord('a') + c)}" for c in range(num_classes)]
-    train, test, header = [], [], ["action_name\tnumber_of_images\n"]
+    train: list[str] = []
+    test: list[str] = []
+    header = ["action_name\tnumber_of_images\n"]
     i = 0
     for c, action in enumerate(actions):
         header.append(f"{action}\t{train_per_class + test_per_class}\n")

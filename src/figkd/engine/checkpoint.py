@@ -17,7 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from figkd.models import MODELS, CheckpointMismatchError, create_model, load_checkpoint
+from figkd.models import (
+    MODELS,
+    CheckpointMismatchError,
+    ZooModel,
+    create_model,
+    load_checkpoint,
+)
 from figkd.models.checkpoint import file_sha256, read_checkpoint_file
 
 FORMAT_VERSION = 1
@@ -81,7 +87,7 @@ def load_teacher(
     args: Mapping[str, Any] | None = None,
     sha256: str | None = None,
     config_key: str = "teacher",
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[ZooModel, dict[str, Any]]:
     """Build teacher ``name`` and load ``checkpoint`` into it, refusing mismatches.
 
     A checkpoint whose recorded architecture or class count differs from the

@@ -33,6 +33,7 @@ from figkd.data import (
     get_preset,
     load_dataset,
 )
+from figkd.data.transforms import Preset
 from figkd.engine.distributed import DistContext
 from figkd.engine.seeding import worker_init_fn
 
@@ -319,9 +320,12 @@ def _check_labels(
         )
 
 
-def train_preset(cfg: Config) -> Any:
+def train_preset(cfg: Any) -> Preset:
     """The transform preset ``cfg`` trains with (``data.preset`` or the dataset's default)."""
-    return get_preset(cfg.data.preset or get_dataset_info(cfg.data.dataset).default_preset)
+    name = cfg.data.preset or get_dataset_info(cfg.data.dataset).default_preset
+    if name is None:  # load_config refuses this; a hand-built Config may not have been checked
+        raise ValueError(f"dataset {cfg.data.dataset!r} has no default preset: set data.preset")
+    return get_preset(name)
 
 
 def legacy_data_path(saved_loader: str, views: int, fast_path: bool) -> str:
@@ -356,7 +360,7 @@ def build_data(cfg: Config, ctx: DistContext, device: torch.device, views: int =
     cl = cfg.train.channels_last
     steps = cfg.train.max_steps_per_epoch
     splits = ["train", "test"] + (["val"] if d.val_fraction > 0 else [])
-    common = {"val_fraction": d.val_fraction, "val_seed": d.val_seed}
+    common: dict[str, Any] = {"val_fraction": d.val_fraction, "val_seed": d.val_seed}
 
     sources: dict[str, Any] = {}
     if use_fast:

@@ -51,8 +51,6 @@ FORMAT = 1
 class PlannedLogitCache:
     """``logits[epoch - 1, sample]`` of a frozen teacher on the planned view; NaN if not filled."""
 
-    planned = True  # the trainer gathers by (epoch, index), not by augmentation params
-
     def __init__(self, logits: Tensor, fields: dict[str, Any] | None = None,
                  filled: Tensor | None = None) -> None:
         if logits.dim() != 3:
@@ -259,6 +257,7 @@ def resolve_planned_cache(cfg: Any, data: Any, teacher: nn.Module, teacher_recor
             raise ValueError(f"teacher.cache=on: {problem}; use teacher.cache=auto or none")
         say(f"teacher cache: using the live teacher: {problem}")
         return None, {**record, "status": "live", "reason": problem}
+    assert planned is not None  # otherwise `problem` is set above
 
     plain_path = source.dataset
     source.use_plan(planned)

@@ -79,7 +79,8 @@ class Row:
     method: str
     teacher: str
     student: str
-    seeds: list[int] = field(default_factory=list)
+    #: None for a summary that records no seed (it still counts; it is listed as "None")
+    seeds: list[int | None] = field(default_factory=list)
     last: list[float] = field(default_factory=list)  # last-epoch test top-1 per seed
     best: list[float] = field(default_factory=list)  # test top-1 at the best validation epoch
     top5: list[float] = field(default_factory=list)

@@ -43,17 +43,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from figkd.data import BatchAugment, get_preset
+from figkd.data import BatchAugment, SmallImagePreset, get_preset
 from figkd.data.planned_crop import CropPlan
 from figkd.distiller import num_views
 from figkd.engine.checkpoint import save_atomic
+from figkd.engine.data import train_preset
 from figkd.engine.file_lock import exclusive
 from figkd.engine.precision import autocast
+
+if TYPE_CHECKING:  # planned_cache imports this module
+    from figkd.engine.planned_cache import PlannedLogitCache
 
 FORMAT = 1
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -153,7 +157,7 @@ class CropFlipViews:
     def from_preset(cls, preset: Any) -> CropFlipViews | None:
         """The view space of a preset's training transform, or None if it is not finite."""
         spec = get_preset(preset)
-        if not getattr(spec, "fast_path", False) or getattr(spec, "rotate", 0):
+        if not isinstance(spec, SmallImagePreset) or not spec.fast_path or spec.rotate:
             return None
         return cls(int(spec.size), int(spec.padding), bool(spec.flip))
 
@@ -200,7 +204,7 @@ class CropFlipViews:
 def tensor_sha256(tensor: Tensor) -> str:
     """SHA-256 of a tensor's bytes (C-contiguous, CPU)."""
     array = tensor.detach().cpu().contiguous().numpy()
-    return hashlib.sha256(array.reshape(-1).view("uint8")).hexdigest()
+    return hashlib.sha256(array.reshape(-1).view("uint8").data).hexdigest()
 
 
 def state_dict_sha256(model: nn.Module) -> str:
@@ -263,7 +267,9 @@ def cache_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def check_stored_key(path: Path, state: dict[str, Any], expected: dict[str, Any] | None) -> None:
+def check_stored_key(
+    path: str | os.PathLike[str], state: dict[str, Any], expected: dict[str, Any] | None
+) -> None:
     """Refuse a cache file whose key does not match its own fields, or the run's (``expected``).
 
     The error names every differing field, so a user sees *why* the file does not apply.
@@ -545,7 +551,7 @@ def resolve_teacher_cache(
     device: torch.device,
     ctx: Any,
     first_epoch: int = 1,
-) -> tuple[ViewLogitCache | None, dict[str, Any]]:
+) -> tuple[ViewLogitCache | PlannedLogitCache | None, dict[str, Any]]:
     """Apply ``teacher.cache`` (none / auto / on): the cache to use, or None, and a record.
 
     With ``teacher.cache_views=used`` only the views of epochs ``first_epoch`` .. end are
@@ -571,7 +577,7 @@ def resolve_teacher_cache(
         say(f"teacher cache: using the live teacher for {type(loss).__name__}: {reason}")
         return None, {**record, "status": "live", "reason": reason}
 
-    spec = get_preset(cfg.data.preset or _default_preset(cfg))
+    spec = train_preset(cfg)
     two_views = num_views(loss) == 2
     if two_views and data.path != "fast":
         reason = ("it scores a second, strongly augmented view, and only the fast path's "
@@ -603,6 +609,7 @@ def resolve_teacher_cache(
             raise ValueError(f"teacher.cache=on: {problem}; use teacher.cache=auto or none")
         say(f"teacher cache: using the live teacher: {problem}")
         return None, {**record, "status": "live", "reason": problem}
+    assert source is not None and views is not None  # otherwise `problem` is set above
 
     images = source.images
     sha = (teacher_record or {}).get("sha256") or state_dict_sha256(teacher)
@@ -701,12 +708,6 @@ def used_views(source: Any, views: CropFlipViews, samples: int, epochs: Any) -> 
         if hasattr(loader, "rank"):
             loader.rank = own_rank
     return mask
-
-
-def _default_preset(cfg: Any) -> str:
-    from figkd.data import get_dataset_info
-
-    return get_dataset_info(cfg.data.dataset).default_preset
 
 
 def breakeven_runs(build_images: int, images_per_run: int) -> float:

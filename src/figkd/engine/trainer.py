@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +39,11 @@ from figkd.engine.checkpoint import (
     save_atomic,
     unwrap,
 )
-from figkd.engine.data import build_data, legacy_data_path, train_preset
+from figkd.engine.data import FastSource, build_data, legacy_data_path, train_preset
 from figkd.engine.finite_check import DeferredFiniteCheck, NonFiniteStep
 from figkd.engine.metrics import SumMeter, topk_correct
 from figkd.engine.optim import build_optimizer, lr_at, scale_milestones, set_lr
+from figkd.engine.planned_cache import PlannedLogitCache
 from figkd.engine.precision import autocast
 from figkd.engine.progress import EpochProgress, epoch_line
 from figkd.engine.run_dir import (
@@ -142,7 +143,7 @@ def evaluate_model(
     return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
 
 
-def build_method(cfg: Config, device: torch.device) -> nn.Module:
+def build_method(cfg: Config, device: torch.device) -> DistillationLoss:
     """The loss of ``cfg``; ``validate=False`` on CUDA (the trainer checks finiteness itself)."""
     cls = LOSSES.get(cfg.loss.name)
     args = dict(cfg.loss.args)
@@ -349,7 +350,8 @@ class Trainer:
             in_channels=data.in_channels,
             **cfg.model.args,
         )
-        self.teacher, self.teacher_record = None, None
+        self.teacher: nn.Module | None = None
+        self.teacher_record: dict[str, Any] | None = None
         if getattr(loss, "needs_teacher", True):
             if cfg.teacher.name is None or cfg.teacher.checkpoint is None:
                 raise ValueError(
@@ -365,9 +367,9 @@ class Trainer:
                 sha256=cfg.teacher.sha256,
             )
         memory = torch.channels_last if cfg.train.channels_last else torch.preserve_format
-        student.to(device, memory_format=memory)
+        student.to(device).to(memory_format=memory)
         if self.teacher is not None:
-            self.teacher.to(device, memory_format=memory)
+            self.teacher.to(device).to(memory_format=memory)
         _setup_method(loss, student, self.teacher, data)  # connectors, before the optimizer
         loss.to(device)
         _broadcast_loss_state(loss, ctx, device)  # every rank starts from rank 0's connectors
@@ -381,10 +383,11 @@ class Trainer:
         self.eval_model: nn.Module = student
         if cfg.train.compile:
             mode = None if cfg.train.compile_mode == "default" else cfg.train.compile_mode
-            model = torch.compile(model, mode=mode)
-            self.eval_model = torch.compile(student, mode=mode)
+            # compiling a module gives a module (OptimizedModule); torch types it as a callable
+            model = cast(nn.Module, torch.compile(model, mode=mode))
+            self.eval_model = cast(nn.Module, torch.compile(student, mode=mode))
             if self.teacher is not None:
-                self.teacher = torch.compile(self.teacher, mode=mode)
+                self.teacher = cast(nn.Module, torch.compile(self.teacher, mode=mode))
         self.distiller = Distiller(model, loss, self.teacher)
 
         self.cache: TeacherLogitCache | None = None
@@ -522,13 +525,16 @@ class Trainer:
 
     def _train_batches(self, epoch: int) -> Any:
         """``(images, targets, index, cached teacher logits or None)`` of one epoch."""
-        if getattr(self.view_cache, "planned", False):  # RandomResizedCrop: planned views
+        view_cache = self.view_cache
+        if isinstance(view_cache, PlannedLogitCache):  # RandomResizedCrop: planned views
             for images, targets, index in self.data.train.epoch(epoch):
-                yield images, targets, index, self.view_cache.lookup(epoch, index, self.device)
+                yield images, targets, index, view_cache.lookup(epoch, index, self.device)
             return
-        if self.view_cache is not None:
-            for images, targets, index, params in self.data.train.epoch_with_params(epoch):
-                yield images, targets, index, self.view_cache.lookup(index, params, self.device)
+        if view_cache is not None:
+            source = self.data.train
+            assert isinstance(source, FastSource)  # resolve_teacher_cache gives none otherwise
+            for images, targets, index, params in source.epoch_with_params(epoch):
+                yield images, targets, index, view_cache.lookup(index, params, self.device)
             return
         for images, targets, index in self.data.train.epoch(epoch):
             yield images, targets, index, self.cache(index) if self.cache is not None else None
@@ -681,14 +687,17 @@ def _setup_method(
     The batch comes from the test split: its transform draws no random numbers,
     so calling the hook leaves the training RNG stream as it was.
     """
-    if getattr(type(loss), "setup", DistillationLoss.setup) is DistillationLoss.setup:
+    # the class's hook, called with the loss as self; a custom nn.Module loss may have none
+    setup: Callable[..., None] = getattr(type(loss), "setup", DistillationLoss.setup)
+    if setup is DistillationLoss.setup:
         return  # logit methods: nothing to build, no batch to load
     batches = data.test.epoch(0)
     try:
         images = next(batches)[0]
     finally:
         batches.close()
-    loss.setup(
+    setup(
+        loss,
         student,
         teacher,
         example_input=images[: data.per_rank_batch],

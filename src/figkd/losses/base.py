@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import typing
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -107,6 +108,17 @@ def _number(loss: str, key: str, value: Any, param: inspect.Parameter) -> Any:
     raise LossOptionError(loss, key, f"expected {expected}, got {value!r}")
 
 
+def _forward_unimplemented(
+    self: nn.Module,
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    targets: Tensor,
+    **context: Any,
+) -> dict[str, Tensor]:
+    """The default ``forward`` of a :class:`DistillationLoss` subclass that defines none."""
+    raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+
 class DistillationLoss(nn.Module):
     """Base class: ``forward(student_logits, teacher_logits, targets, **context) -> terms``.
 
@@ -143,11 +155,9 @@ class DistillationLoss(nn.Module):
         nothing, hence the no-op default.
         """
 
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor | None,
-        targets: Tensor,
-        **context: Any,
-    ) -> dict[str, Tensor]:
-        raise NotImplementedError
+    #: ``forward(student_logits, teacher_logits, targets, **context) -> {term: tensor}``.
+    #: Declared as a callable attribute, as ``nn.Module.forward`` is, not as a method:
+    #: subclasses legitimately narrow ``teacher_logits`` to ``Tensor`` (methods that need
+    #: a teacher) and add required keyword-only context (``student_features=``,
+    #: ``epoch=``, ``images=``, ...), which a method signature here would forbid (LSP).
+    forward: Callable[..., dict[str, Tensor]] = _forward_unimplemented

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
-from figkd.losses.feature_utils import pool_to, require_setup
+from figkd.losses.feature_utils import pool_to, require_setup, zoo_model
 from figkd.losses.precision import as_float, full_precision
 from figkd.losses.validation import check_weight
 
@@ -43,7 +43,7 @@ def check_pooled_map(model: nn.Module, example_input: Tensor) -> None:
     was_training = model.training
     model.eval()
     try:
-        feats = model.forward_features(example_input[:2])
+        feats = zoo_model(model).forward_features(example_input[:2])
     finally:
         model.train(was_training)
     fmap = feats.get("pooled_map") if isinstance(feats, dict) else None
@@ -61,7 +61,7 @@ def check_pooled_map(model: nn.Module, example_input: Tensor) -> None:
 
 
 def _classifier_weight(model: nn.Module) -> Tensor:
-    name = model.classifier_name()
+    name = zoo_model(model).classifier_name()
     layer = dict(model.named_modules())[name]
     return layer.weight
 

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
-from figkd.losses.feature_utils import require_setup
+from figkd.losses.feature_utils import require_setup, zoo_model
 from figkd.losses.kd import check_temperature, kd_divergence
 from figkd.losses.precision import as_float
 from figkd.losses.validation import check_weight
@@ -162,6 +162,12 @@ class CRDLoss(DistillationLoss):
     needs_features = True
     needs_sample_index = True
 
+    # buffers registered by setup(): the two memory banks, the NCE constants, the RNG state
+    memory_s: Tensor
+    memory_t: Tensor
+    log_z: Tensor
+    rng_state: Tensor
+
     def __init__(
         self,
         ce_weight: float = 1.0,
@@ -220,7 +226,7 @@ class CRDLoss(DistillationLoss):
             net.eval()
             try:
                 with torch.no_grad():
-                    emb = net.forward_features(example_input[:2])["embedding"]
+                    emb = zoo_model(net).forward_features(example_input[:2])["embedding"]
                 dims.append(emb.flatten(1).shape[1])
             finally:
                 net.train(was_training)
@@ -306,7 +312,8 @@ class CRDLoss(DistillationLoss):
         index: Tensor | None = None,
         **context: Any,
     ) -> dict[str, Tensor]:
-        require_setup(self, "embed_s")
+        embed_s: nn.Module = require_setup(self, "embed_s")
+        embed_t: nn.Module = require_setup(self, "embed_t")
         if student_features is None or teacher_features is None:
             raise ValueError("CRD needs student_features= and teacher_features=")
         if index is None:
@@ -314,8 +321,8 @@ class CRDLoss(DistillationLoss):
         index = index.view(-1).long()
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_samples):
             raise ValueError(f"index must lie in [0, {self.num_samples}), the training-set size")
-        s = self.embed_s(student_features["embedding"])
-        t = self.embed_t(teacher_features["embedding"].detach())
+        s = embed_s(student_features["embedding"])
+        t = embed_t(teacher_features["embedding"].detach())
         rows = self.sample_indices(index)
         device_type = s.device.type
         with torch.autocast(device_type=device_type, enabled=False):

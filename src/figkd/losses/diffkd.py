@@ -193,6 +193,10 @@ class LinearAutoEncoder(nn.Module):
 class KnowledgeDiffusion(nn.Module):
     """One DiffKD branch: connector, optional AE, denoiser, noise adapter, projection."""
 
+    # non-persistent buffers registered in __init__
+    alphas_cumprod: Tensor
+    chain_t: Tensor
+
     def __init__(
         self,
         student_channels: int,
@@ -306,8 +310,11 @@ class DiffKDLoss(DistillationLoss):
     # -- randomness -------------------------------------------------------------------------
     def generator(self, device: torch.device) -> torch.Generator:
         """The loss's own generator on ``device`` (re-seeded from ``seed`` on a device change)."""
-        if self.seed is None:
+        if self.seed is None:  # setup() draws it right after building the branches
             require_setup(self, "feature_branch")
+            raise RuntimeError(
+                f"{type(self).__name__} has a feature_branch but no seed: call setup()"
+            )
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed(self.seed)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
-from figkd.losses.feature_utils import require_setup
+from figkd.losses.feature_utils import require_setup, zoo_model
 from figkd.losses.kd import check_temperature, kd_divergence
 from figkd.losses.precision import as_float
 from figkd.losses.validation import check_weight
@@ -73,7 +73,7 @@ class DMLLoss(DistillationLoss):
                     args.setdefault(name, getattr(student, name))
         peer = create_model(
             arch,
-            num_classes=int(student.num_classes),
+            num_classes=int(zoo_model(student).num_classes),
             in_channels=int(getattr(student, "in_channels", 3)),
             **args,
         )

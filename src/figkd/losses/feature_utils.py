@@ -11,11 +11,23 @@ no stem entry, so its hint indices are ours minus one.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from figkd.models.base import ZooModel
+
+
+def zoo_model(model: nn.Module) -> ZooModel:
+    """``model`` typed as a zoo model, to call ``forward_features`` / ``classifier_name``.
+
+    Only for the type checker (``nn.Module.__getattr__`` types any other attribute as
+    ``Tensor | Module``); nothing is checked, so any module with those methods works.
+    """
+    return cast("ZooModel", model)
 
 
 @torch.no_grad()
@@ -28,7 +40,7 @@ def probe_features(model: nn.Module, example_input: Tensor) -> Mapping[str, Any]
     was_training = model.training
     model.eval()
     try:
-        return model.forward_features(example_input[:2])
+        return zoo_model(model).forward_features(example_input[:2])
     finally:
         model.train(was_training)
 

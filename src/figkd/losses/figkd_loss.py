@@ -25,6 +25,7 @@ the same quantity, chosen per call for speed (docs/methods.md, "Fast paths"):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -55,6 +56,16 @@ class Band(NamedTuple):
 #: A (B x C) @ (C x K) matmul is cheaper than many small ops up to a few hundred
 #: classes on a CPU and far beyond on a GPU (benchmarks/results/loss_overhead.md).
 BAND_MATRIX_MAX_CLASSES = {"cpu": 256, "cuda": 2048}
+
+
+def _check_grid(grid: Sequence[int] | None) -> tuple[int, int] | None:
+    """``grid`` as an (H, W) tuple (a config gives a list); its cell count is checked per call."""
+    if grid is None:
+        return None
+    pair = tuple(grid)
+    if len(pair) != 2 or any(not isinstance(s, int) or s < 1 for s in pair):
+        raise ValueError(f"grid must be a pair of positive integers (H, W), got {grid!r}")
+    return pair[0], pair[1]
 
 
 @register_loss("figkd", aliases=("FiGKD",))
@@ -125,7 +136,7 @@ class FiGKDLoss(DistillationLoss):
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         self.detail_levels = check_choice("detail_levels", detail_levels, DETAIL_LEVELS)
         self.mode = wavelets.check_mode(mode)
-        self.grid = tuple(grid) if grid is not None else None
+        self.grid = _check_grid(grid)
         self.validate = validate
         self._band_matrices: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
         self._level_sizes: dict[int, list[int]] = {}

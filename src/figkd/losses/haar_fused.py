@@ -38,7 +38,7 @@ class HaarDetailLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         student: Tensor,
         teacher: Tensor,
@@ -76,7 +76,7 @@ class HaarDetailLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         *saved, approx = ctx.saved_tensors
         num_classes, sides, level_weights, low_weight = ctx.meta
         batch = approx.shape[0]
@@ -96,6 +96,8 @@ class HaarDetailLoss(torch.autograd.Function):
                 [grad_row_sum + grad_row_diff, grad_row_sum - grad_row_diff], dim=2
             ).flatten(1, 2)
             grad_approx = grad_x[:, :h, :w]
+        if grad_approx is None:  # no levels and no low weight: the loss is a constant 0
+            return None, None, None, None, None
         grad_student = grad_approx.reshape(batch, -1)[:, :num_classes]
         return grad_student, None, None, None, None
 

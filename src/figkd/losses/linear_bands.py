@@ -25,7 +25,7 @@ class LinearBandLoss(torch.autograd.Function):
     """``scale * ||(student - teacher) @ band_matrix||^2``; the teacher gets no gradient."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, student: Tensor, teacher: Tensor, band_matrix: Tensor, scale: float
     ) -> Tensor:
         with torch.autocast(device_type=student.device.type, enabled=False):
@@ -37,7 +37,7 @@ class LinearBandLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         coefficients, band_matrix = ctx.saved_tensors
         grad = (coefficients * (2.0 * ctx.scale * grad_output)) @ band_matrix.T
         return grad, None, None, None

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
-from figkd.losses.feature_utils import pool_to, require_setup
+from figkd.losses.feature_utils import pool_to, require_setup, zoo_model
 from figkd.losses.precision import as_float
 from figkd.losses.validation import check_weight
 
@@ -85,7 +85,7 @@ def _locate_bn_outputs(model: nn.Module, example_input: Tensor) -> tuple[dict, l
     model.eval()
     try:
         with torch.no_grad():
-            feats = model.forward_features(example_input)
+            feats = zoo_model(model).forward_features(example_input)
     finally:
         model.train(was_training)
         for h in handles:
@@ -151,7 +151,7 @@ class OFDLoss(DistillationLoss):
         student.eval()
         try:
             with torch.no_grad():
-                s_pre = student.forward_features(probe)["preact_stages"]
+                s_pre = zoo_model(student).forward_features(probe)["preact_stages"]
         finally:
             student.train(was_training)
         hooks, t_pre = _locate_bn_outputs(teacher, probe)
@@ -210,7 +210,7 @@ class OFDLoss(DistillationLoss):
         teacher_features: Any = None,
         **context: Any,
     ) -> dict[str, Tensor]:
-        require_setup(self, "connectors")
+        connectors: nn.ModuleList = require_setup(self, "connectors")
         if student_features is None or teacher_features is None:
             raise ValueError("OFD needs student_features= and teacher_features=")
         s_pre = list(student_features["preact_stages"])[-self.num_stages:]
@@ -218,7 +218,7 @@ class OFDLoss(DistillationLoss):
         self._estimate_margins(t_pre)
         total = student_logits.new_zeros((), dtype=torch.float32)
         n = self.num_stages
-        for i, (s, t, conn, m) in enumerate(zip(s_pre, t_pre, self.connectors, self.margins())):
+        for i, (s, t, conn, m) in enumerate(zip(s_pre, t_pre, connectors, self.margins())):
             s_out, t_map = _pool_to_common(conn(s), t)
             d = partial_l2(s_out.float(), t_map.float(), m.float())
             total = total + d * (self.stage_decay ** (n - 1 - i))

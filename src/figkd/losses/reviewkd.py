@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from figkd.losses.base import DistillationLoss, register_loss
-from figkd.losses.feature_utils import pool_to, require_setup
+from figkd.losses.feature_utils import pool_to, require_setup, zoo_model
 from figkd.losses.precision import as_float
 from figkd.losses.validation import check_weight
 
@@ -63,13 +63,14 @@ class ABF(nn.Module):
 
     def __init__(self, cin: int, mid: int, cout: int, fuse: bool):
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid))
-        self.conv2 = nn.Sequential(
-            nn.Conv2d(mid, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+        conv1 = nn.Conv2d(cin, mid, 1, bias=False)
+        self.conv1 = nn.Sequential(conv1, nn.BatchNorm2d(mid))
+        conv2 = nn.Conv2d(mid, cout, 3, padding=1, bias=False)
+        self.conv2 = nn.Sequential(conv2, nn.BatchNorm2d(cout))
         self.att_conv = (
             nn.Sequential(nn.Conv2d(2 * mid, 2, 1), nn.Sigmoid()) if fuse else None)
-        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+        nn.init.kaiming_uniform_(conv1.weight, a=1)
+        nn.init.kaiming_uniform_(conv2.weight, a=1)
 
     def forward(
         self, x: Tensor, residual: Tensor | None, out_size: tuple[int, int]
@@ -146,7 +147,9 @@ class ReviewKDLoss(DistillationLoss):
             net.eval()
             try:
                 with torch.no_grad():
-                    probes.append(_levels(net.forward_features(example_input[:2]), preact))
+                    probes.append(
+                        _levels(zoo_model(net).forward_features(example_input[:2]), preact)
+                    )
             finally:
                 net.train(was_training)
         s_lv, t_lv = probes
@@ -159,7 +162,7 @@ class ReviewKDLoss(DistillationLoss):
             for j, (s, t) in reversed(list(enumerate(zip(s_lv, t_lv))))
         ).to(example_input.device)
         # teacher sizes at setup's input resolution; forward re-reads them from the features
-        self.out_sizes = [tuple(t.shape[-2:]) for t in t_lv]
+        self.out_sizes = [(t.shape[-2], t.shape[-1]) for t in t_lv]
         self.num_levels = k
 
     def forward(
@@ -173,7 +176,7 @@ class ReviewKDLoss(DistillationLoss):
         epoch: Any = None,
         **context: Any,
     ) -> dict[str, Tensor]:
-        require_setup(self, "abfs")
+        abfs: nn.ModuleList = require_setup(self, "abfs")
         if student_features is None or teacher_features is None:
             raise ValueError("ReviewKD needs student_features= and teacher_features=")
         ramp = warmup_factor(epoch, self.warmup_epochs)
@@ -182,7 +185,7 @@ class ReviewKDLoss(DistillationLoss):
         t_lv = [t.detach() for t in _levels(teacher_features, True)[-k:]]
         outputs: list[Tensor] = []
         residual = None
-        for abf, x, t in zip(self.abfs, reversed(s_lv), reversed(t_lv)):
+        for abf, x, t in zip(abfs, reversed(s_lv), reversed(t_lv)):
             y, residual = abf(x, residual, tuple(t.shape[-2:]))
             outputs.insert(0, y)
         return {

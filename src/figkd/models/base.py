@@ -9,7 +9,7 @@ same ``forward_features`` dictionary (mdistiller's ``feats`` / ``preact_feats``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar, Literal, TypedDict
 
 import torch
@@ -86,8 +86,11 @@ class StagedModel(ZooModel):
     def _stem(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _stages(self) -> Sequence[Sequence[nn.Module]]:
-        """The blocks of each stage, in order (views into the registered modules)."""
+    def _stages(self) -> Sequence[Iterable[nn.Module]]:
+        """The blocks of each stage, in order (views into the registered modules).
+
+        Each stage only needs iterating (an ``nn.Sequential``, a list of blocks, ...).
+        """
         raise NotImplementedError
 
     def _head_map(self, x: Tensor) -> Tensor:
@@ -111,7 +114,7 @@ class StagedModel(ZooModel):
             return block.preact, block.activate
         return None
 
-    def _run_stage(self, blocks: Sequence[nn.Module], x: Tensor) -> tuple[Tensor, Tensor]:
+    def _run_stage(self, blocks: Iterable[nn.Module], x: Tensor) -> tuple[Tensor, Tensor]:
         """Run ``blocks`` in order; return (output, pre-activation of the last block)."""
         *head, last = blocks
         for block in head:

@@ -14,6 +14,8 @@ weights load; stages group ``features`` at each resolution: 24, 32, 96, 320 ch.
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 from torchvision.models import mobilenetv2 as tv
 
@@ -80,16 +82,27 @@ V2_STAGES: tuple[tuple[int, int], ...] = ((1, 4), (4, 7), (7, 14), (14, 18))
 class MobileNetV2ImageNet(StagedModel, tv.MobileNetV2):
     native_input_size = 224
 
+    # the torchvision.models.MobileNetV2 attributes used here (torchvision is untyped)
+    features: nn.Sequential
+    classifier: nn.Sequential
+    last_channel: int
+
     def __init__(self, num_classes: int = 1000, in_channels: int = 3) -> None:
         tv.MobileNetV2.__init__(self, num_classes=num_classes)
+        # features[0] is a Conv2dNormActivation (an nn.Sequential) led by the stem conv;
+        # features[1:] are InvertedResiduals, which record their out_channels
+        stem = cast(nn.Sequential, self.features[0])
         if in_channels != 3:
-            old = self.features[0][0]
-            self.features[0][0] = nn.Conv2d(in_channels, old.out_channels, 3, 2, 1, bias=False)
-            nn.init.kaiming_normal_(self.features[0][0].weight, mode="fan_out")
+            old = cast(nn.Conv2d, stem[0])
+            conv = nn.Conv2d(in_channels, old.out_channels, 3, 2, 1, bias=False)
+            stem[0] = conv
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out")
         self.num_classes = num_classes
         self.in_channels = in_channels
-        self.stem_channels = self.features[0][0].out_channels
-        self.stage_channels = [self.features[stop - 1].out_channels for _, stop in V2_STAGES]
+        self.stem_channels = cast(nn.Conv2d, stem[0]).out_channels
+        self.stage_channels = [
+            cast(int, self.features[stop - 1].out_channels) for _, stop in V2_STAGES
+        ]
         self.embedding_dim = self.last_channel
 
     def _stem(self, x: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ pre-activation features equal the stage outputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -84,7 +85,9 @@ class MobileNetV2Cifar(StagedModel):
         return self.conv1(x)
 
     def _stages(self) -> list[list[nn.Module]]:
-        return [[blk for i in group for blk in self.blocks[i]] for group in STAGE_GROUPS]
+        # nn.ModuleList is not generic: its items (nn.Sequential here) type as nn.Module
+        return [[blk for i in group for blk in cast(nn.Sequential, self.blocks[i])]
+                for group in STAGE_GROUPS]
 
     def _head_map(self, x: Tensor) -> Tensor:
         return self.conv2(x)  # the 1x1 conv-BN-ReLU head

@@ -42,6 +42,12 @@ class Bottleneck(PreactBlock):
 
 
 class CifarResNetBottleneck(StagedModel):
+    # the stages, registered with add_module in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(
         self,
         depths: tuple[int, ...] = (3, 4, 6, 3),

@@ -44,6 +44,11 @@ class BasicBlock(PreactBlock):
 class CifarResNet(StagedModel):
     """``widths`` = (stem, stage1, stage2, stage3); ``depth`` = 6n + 2."""
 
+    # the stages, registered with add_module in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(
         self,
         depth: int,

@@ -43,6 +43,17 @@ PREACT: dict[type[nn.Module], Callable[..., Tensor]] = {
 class ResNetImageNet(StagedModel, tv.ResNet):
     native_input_size = 224
 
+    # the torchvision.models.ResNet modules used here (torchvision is untyped)
+    conv1: nn.Conv2d
+    bn1: nn.BatchNorm2d
+    relu: nn.ReLU
+    maxpool: nn.MaxPool2d
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+    fc: nn.Linear
+
     def __init__(
         self,
         block: type[tv.BasicBlock | tv.Bottleneck],

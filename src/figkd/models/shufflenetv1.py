@@ -45,6 +45,11 @@ class ShuffleV1Block(PreactBlock):
 
 
 class ShuffleNetV1(StagedModel):
+    # the stages, registered with add_module in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(
         self,
         num_classes: int = 100,

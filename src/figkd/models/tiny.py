@@ -7,6 +7,8 @@ stages (2x and 4x ``width``), global pooling and a linear layer.  The demo uses
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 
 from figkd.models.base import PreactBlock, StagedModel, conv_bn, init_weights
@@ -47,8 +49,9 @@ class TinyCNN(StagedModel):
     def _stem(self, x: Tensor) -> Tensor:
         return self.stem(x)
 
-    def _stages(self) -> nn.ModuleList:
-        return self.stages
+    def _stages(self) -> list[nn.Sequential]:
+        # nn.ModuleList is not generic: its items type as nn.Module
+        return [cast(nn.Sequential, stage) for stage in self.stages]
 
     def _classify(self, embedding: Tensor) -> Tensor:
         return self.fc(embedding)

@@ -35,6 +35,13 @@ def _make_block(widths: Sequence[int], cin: int) -> nn.Sequential:
 class VGG(ZooModel):
     """``cfg`` lists the conv widths of each of the five blocks."""
 
+    # the blocks, registered with add_module in __init__ (block0 is the stem)
+    block0: nn.Sequential
+    block1: nn.Sequential
+    block2: nn.Sequential
+    block3: nn.Sequential
+    block4: nn.Sequential
+
     def __init__(
         self, cfg: Sequence[Sequence[int]], num_classes: int = 100, in_channels: int = 3
     ) -> None:

@@ -12,6 +12,7 @@ BN statistics twice.
 from __future__ import annotations
 
 from functools import partial
+from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -94,7 +95,8 @@ class WideResNet(ZooModel):
         stages = [h]
         preacts = []
         for stage in (self.block2, self.block3):
-            first, *rest = stage.layer
+            first_block, *rest = stage.layer
+            first = cast(WideBasicBlock, first_block)  # NetworkBlock holds only these
             pre = first.bn1(h)
             preacts.append(pre)
             h = first.from_bn1(h, pre)
