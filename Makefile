@@ -25,11 +25,11 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
-# ruff on the package; pinned, since a newer ruff enables more rules by default (CI runs it)
+# ruff on the package, tests, benchmarks and tools; pinned, since a newer ruff enables more rules by default (CI runs it)
 RUFF := ruff==0.17.6
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet "$(RUFF)"
-	$(BIN)/python -m ruff check src
+	$(BIN)/python -m ruff check src tests benchmarks tools
 
 # mypy on the package (config in pyproject.toml); pinned with the stubs it reads (CI runs it)
 MYPY := mypy==2.4.1 types-PyYAML==6.0.12.20261122 types-tqdm==4.70.0.20261106

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-import figkd.data as data
+from figkd import data
 from figkd.engine.run_dir import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]

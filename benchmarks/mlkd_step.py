@@ -36,14 +36,14 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _speed_common import emit, header, median, sync  # noqa: E402
+from _speed_common import emit, header, median, sync
 
-from figkd.data.batch_loader import BatchAugment, StrongBatchAugment  # noqa: E402
-from figkd.distiller import Distiller  # noqa: E402
-from figkd.engine.teacher_cache import CropFlipViews, ViewLogitCache  # noqa: E402
-from figkd.losses import KDLoss, MLKDLoss  # noqa: E402
-from figkd.losses.precision import full_precision  # noqa: E402
-from figkd.models import create_model  # noqa: E402
+from figkd.data.batch_loader import BatchAugment, StrongBatchAugment
+from figkd.distiller import Distiller
+from figkd.engine.teacher_cache import CropFlipViews, ViewLogitCache
+from figkd.losses import KDLoss, MLKDLoss
+from figkd.losses.precision import full_precision
+from figkd.models import create_model
 
 
 class LoopMLKD(MLKDLoss):

@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _speed_common import emit, header, make_step, median, sync  # noqa: E402
+from _speed_common import emit, header, make_step, median, sync
 
-from figkd.data import BatchAugment  # noqa: E402
-from figkd.engine.teacher_cache import CropFlipViews, ViewLogitCache  # noqa: E402
-from figkd.losses import build_loss  # noqa: E402
-from figkd.models import create_model  # noqa: E402
+from figkd.data import BatchAugment
+from figkd.engine.teacher_cache import CropFlipViews, ViewLogitCache
+from figkd.losses import build_loss
+from figkd.models import create_model
 
 METHODS = {
     "CE only": ("ce", {}),

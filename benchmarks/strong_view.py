@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-import figkd.data as data
+from figkd import data
 from figkd.data.paired import build_paired_transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _speed_common import emit, header  # noqa: E402
-from input_pipeline import find_root  # noqa: E402
+from _speed_common import emit, header
+from input_pipeline import find_root
 
 
 def per_image_pairs(cache: data.TensorImageCache, preset: str, batch: int,

@@ -38,14 +38,14 @@ import torchvision
 import torchvision.transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _speed_common import REPO, emit, header, median  # noqa: E402
+from _speed_common import REPO, emit, header, median
 
-import figkd.data as data  # noqa: E402
-from figkd.data.cache import decode_to_uint8  # noqa: E402
-from figkd.distiller import Distiller  # noqa: E402
-from figkd.engine.teacher_cache import CropFlipViews, ViewLogitCache, used_views  # noqa: E402
-from figkd.losses import build_loss  # noqa: E402
-from figkd.models import create_model  # noqa: E402
+from figkd import data
+from figkd.data.cache import decode_to_uint8
+from figkd.distiller import Distiller
+from figkd.engine.teacher_cache import CropFlipViews, ViewLogitCache, used_views
+from figkd.losses import build_loss
+from figkd.models import create_model
 
 PRESET = "tiny-imagenet-32"
 

@@ -17,7 +17,6 @@ import torch
 from figkd.losses import build_loss
 from figkd.models import create_model
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -50,7 +50,7 @@ def test_python_dash_m_runs_the_cli(module: str) -> None:
     import subprocess
     import sys
 
-    result = subprocess.run(
+    result = subprocess.run(  # noqa: PLW1510 (the test reads the return code)
         [sys.executable, "-m", module, "train", "train.epochs=3", "--print-config"],
         capture_output=True,
         text=True,

@@ -9,7 +9,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from scipy import stats
 
-import figkd.data as data
+from figkd import data
 from figkd.data import cache as cache_module
 from figkd.data import synthetic
 from figkd.data.batch_loader import (
@@ -241,7 +241,7 @@ def _digits_cache() -> data.TensorImageCache:
 
 def test_loader_order_is_seeded_by_seed_and_epoch():
     cache = _digits_cache()
-    make = lambda seed=0: data.GPUBatchLoader(cache, 100, "digits", seed=seed)  # noqa: E731
+    make = lambda seed=0: data.GPUBatchLoader(cache, 100, "digits", seed=seed)
     a, b = make(), make()
     first = [(x.clone(), y.clone()) for x, y in a]
     assert all(torch.equal(x, x2) and torch.equal(y, y2) for (x, y), (x2, y2) in zip(first, b))
@@ -266,7 +266,7 @@ def test_distributed_shards_partition_each_epoch():
     seen = [torch.cat([y for _, y in s]) for s in shards]
     assert [len(s) for s in seen] == [480, 480, 480]  # 1438 padded to 1440
     images = torch.cat([torch.cat([x for x, _ in s]) for s in shards])
-    distinct = lambda x: len(torch.unique(x.flatten(1), dim=0))  # noqa: E731
+    distinct = lambda x: len(torch.unique(x.flatten(1), dim=0))
     assert distinct(images) == distinct(cache.images)
 
 

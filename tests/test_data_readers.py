@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import figkd.data as data
+from figkd import data
 from figkd.data import synthetic
 from figkd.data.synthetic import class_color
 from figkd.registry import UnknownNameError
@@ -117,7 +117,7 @@ def test_digits_fixed_stratified_split_needs_no_files():
     test = data.load_dataset("digits", split="test")
     assert (len(train), len(test)) == (1438, 359)
     assert train.classes == [str(d) for d in range(10)]
-    x, y = train[0]
+    x, _y = train[0]
     assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
     assert not set(train.indices) & set(test.indices)
     assert sorted(train.indices + test.indices) == list(range(1797))

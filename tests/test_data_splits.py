@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import figkd.data as data
+from figkd import data
 from figkd.data import synthetic
 from figkd.data.splits import stratified_split
 

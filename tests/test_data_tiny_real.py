@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-import figkd.data as data
+from figkd import data
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -8,7 +8,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-import figkd.data as data
+from figkd import data
 from figkd.data.randaugment import OPS, Cutout, RandAugment
 
 
@@ -30,7 +30,7 @@ def test_presets_give_the_paper_sizes(preset, size, out):
 
 
 def test_preset_pipelines_match_the_recipes():
-    names = lambda t: [type(s).__name__ for s in t.transforms]  # noqa: E731
+    names = lambda t: [type(s).__name__ for s in t.transforms]
     cifar = data.build_transforms("cifar", train=True)
     assert names(cifar) == ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
     assert cifar.transforms[0].padding == 4

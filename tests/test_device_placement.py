@@ -52,9 +52,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from figkd.distiller import Distiller, TeacherLogitCache
-from figkd.losses import LOSSES, build_loss
+from figkd.losses import LOSSES, build_loss, figkd_loss
 from figkd.losses import diffkd as diffkd_module
-from figkd.losses import figkd_loss
 from figkd.models import create_model
 
 META = torch.device("meta")

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from numpy_reference import as_numpy, np_bn_train, np_ce, np_conv1x1
 from torch import Tensor, nn
 
 from figkd.losses import build_loss
@@ -25,7 +26,6 @@ from figkd.losses.diffkd import (
     NoisePredictor,
     ddim_timesteps,
 )
-from numpy_reference import as_numpy, np_bn_train, np_ce, np_conv1x1
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

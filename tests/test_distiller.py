@@ -107,7 +107,7 @@ def test_two_view_loss_gets_both_views_and_the_epoch() -> None:
     distiller = Distiller(student, probe, teacher)
     x, y = _batch()
     strong = torch.randn(8, 6)
-    logits, terms = distiller((x, strong), y, epoch=7)
+    logits, _terms = distiller((x, strong), y, epoch=7)
     assert student.calls == 2 and teacher.calls == 2
     assert probe.seen["epoch"] == 7
     assert torch.equal(logits, probe.seen["student"])

@@ -14,12 +14,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import tiny_run_overrides
 
 from figkd.cli import main
 from figkd.config import load_config
 from figkd.engine import Trainer
-
-from conftest import tiny_run_overrides
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cifar100"
 

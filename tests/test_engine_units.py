@@ -10,15 +10,14 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
+from conftest import digits_config
 from torch import Tensor
 
-from conftest import digits_config
 from figkd.config import Config, config_from_dict
 from figkd.engine import Trainer, load_teacher, load_weights_only, lr_at, model_payload, save_atomic
 from figkd.engine.seeding import get_rng_state, set_rng_state
 from figkd.losses import DistillationLoss
 from figkd.models import CheckpointMismatchError, create_model
-
 
 digits = digits_config
 

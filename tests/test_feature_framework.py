@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+from conftest import tiny_run_overrides
 from torch import Tensor, nn
 
 from figkd.config import Config, config_from_dict
@@ -16,8 +17,6 @@ from figkd.engine import Trainer, load_weights_only, model_payload, save_atomic
 from figkd.losses import DistillationLoss, build_loss
 from figkd.losses.fitnet import FitNetLoss
 from figkd.models import create_model
-
-from conftest import tiny_run_overrides
 
 
 class Probe(DistillationLoss):

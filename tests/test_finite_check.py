@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import digits_config
 from torch import Tensor
 
-from conftest import digits_config
 from figkd.engine import Trainer
 from figkd.engine import distributed as dist_utils
 from figkd.engine.finite_check import DeferredFiniteCheck, NonFiniteStep

@@ -203,7 +203,7 @@ def test_mlkd_either_strong_view_missing_is_a_clear_error(missing: str) -> None:
 
 
 def test_mlkd_validates_the_strong_view_by_default_and_can_skip_it() -> None:
-    sw, tw, ss, ts, y = _mlkd_views(batch=3, classes=5, seed=13)
+    sw, tw, _ss, ts, y = _mlkd_views(batch=3, classes=5, seed=13)
     bad = _nan_logits()
     with pytest.raises(NonFiniteLogitsError, match="student_logits contains 1 non-finite"):
         MLKDLoss()(_t(sw), _t(tw), _t(y), student_logits_strong=bad, teacher_logits_strong=_t(ts))

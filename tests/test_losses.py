@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from figkd import wavelets as W
-from figkd.losses import CELoss, FiGKDLoss, KDLoss, build_loss, list_losses
-from figkd.losses import figkd_loss
+from figkd.losses import CELoss, FiGKDLoss, KDLoss, build_loss, figkd_loss, list_losses
 from figkd.losses.validation import check_logits
 
 DETAIL_PATHS = ["matrix", "direct", "band"]

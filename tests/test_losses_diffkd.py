@@ -114,7 +114,7 @@ def test_ddpm_noise_loss_on_stub_denoisers() -> None:
     abar = linear_alphas_cumprod(1000)
     x0 = torch.randn(3, 2, 2, 2, dtype=torch.float64)
     # zero prediction: the loss is the mean squared noise, drawn first from the generator
-    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    zero = lambda x, t: torch.zeros_like(x)
     loss = ddpm_noise_loss(zero, x0, abar, torch.Generator().manual_seed(1))
     replay = torch.Generator().manual_seed(1)
     noise = torch.randn(x0.shape, generator=replay, dtype=torch.float64)

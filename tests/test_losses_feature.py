@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from numpy_reference import np_ce
 from torch import Tensor, nn
 
 from figkd.distiller import Distiller
 from figkd.losses import build_loss
 from figkd.losses.feature_utils import ConvRegressor, paired_stages
 from figkd.models import create_model
-from numpy_reference import np_ce
 
 RNG = np.random.default_rng(0)
 

@@ -12,12 +12,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from numpy_reference import as_numpy, np_bn_train, np_ce, np_conv1x1
 from scipy.stats import norm
 
 from figkd.losses import build_loss
 from figkd.losses.crd import crd_memory_bytes
 from figkd.models import create_model
-from numpy_reference import as_numpy, np_ce, np_bn_train, np_conv1x1
 
 METHODS = ("ofd", "crd", "reviewkd", "catkd")
 
@@ -322,7 +322,7 @@ def test_reviewkd_warmup_and_epoch_requirement() -> None:
     loss.eval()  # fixed BN statistics: the term is then linear in the ramp
     sf, tf = _features(student, teacher, x)
     y = torch.zeros(4, dtype=torch.long)
-    call = lambda **kw: loss(sf["logits"], tf["logits"], y, student_features=sf,  # noqa: E731
+    call = lambda **kw: loss(sf["logits"], tf["logits"], y, student_features=sf,
                              teacher_features=tf, **kw)["review"].item()
     full = call(epoch=20)
     assert call(epoch=1) == pytest.approx(full / 20, rel=1e-6)
@@ -417,7 +417,7 @@ def test_gradients_reach_student_and_connectors_never_teacher(method: str) -> No
     student, teacher = _pair(9)
     x = torch.randn(8, 3, 8, 8)
     opts = {"num_negatives": 16} if method == "crd" else {}
-    loss, terms, sf, x_t = _run(method, student, teacher, x, **opts)
+    loss, terms, _sf, x_t = _run(method, student, teacher, x, **opts)
     feat_term = next(v for k, v in terms.items() if k != "ce")
     assert feat_term.requires_grad and feat_term.item() > 0
     assert x_t.grad is None  # teacher features were detached

@@ -230,10 +230,9 @@ def test_bf16_autocast_forward_on_cpu(name: str) -> None:
     1x1-2x2 grids amplify bf16 rounding far beyond any useful tolerance."""
     model = copy.deepcopy(get_model(name)).train()
     x = images(small_size(model))
-    with torch.no_grad():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(x)
-            feats = model.forward_features(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+        feats = model.forward_features(x)
     assert logits.dtype == torch.bfloat16 and logits.shape == (B, NUM_CLASSES)
     assert torch.isfinite(logits.float()).all()
     assert feats["embedding"].shape == (B, model.embedding_dim)

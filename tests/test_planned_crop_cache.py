@@ -63,9 +63,9 @@ def fallback_box(height: int, width: int) -> tuple[int, int, int, int]:
     ratio = (3 / 4, 4 / 3)
     in_ratio = width / height
     if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
+        w, h = width, round(width / min(ratio))
     elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
+        h, w = height, round(height * max(ratio))
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
@@ -124,8 +124,8 @@ def test_sampler_matches_torchvision_get_params_on_the_same_draws() -> None:
     for a, r in zip(u_area.tolist(), u_ratio.tolist()):  # torchvision's get_params body
         target_area = height * width * (0.08 + 0.92 * a)
         aspect_ratio = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * r)
-        w = int(round(math.sqrt(target_area * aspect_ratio)))
-        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        w = round(math.sqrt(target_area * aspect_ratio))
+        h = round(math.sqrt(target_area / aspect_ratio))
         if 0 < w <= width and 0 < h <= height:
             i = int(u_top * (height - h + 1))
             j = int(u_left * (width - w + 1))

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from numpy_reference import np_ce
 from torch import Tensor, nn
 
 from figkd.losses import build_loss
@@ -27,8 +28,6 @@ from figkd.losses.pkt import pkt_loss
 from figkd.losses.rkd import pairwise_distance, rkd_terms
 from figkd.losses.vid import VIDHead
 from figkd.models import create_model
-from numpy_reference import np_ce
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

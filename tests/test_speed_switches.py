@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 import torch
+from test_teacher_cache import PRESET, run_cfg  # noqa: F401  (registers the test preset)
 
 from figkd.config import ConfigError, config_from_dict
 from figkd.engine import Trainer, load_weights_only, model_payload, save_atomic
 from figkd.models import create_model
-
-from test_teacher_cache import PRESET, run_cfg  # noqa: F401  (registers the test preset)
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,7 @@ def test_per_pair_loss_options_equal_the_pairs_configs(tmp_path: Path) -> None:
     assert by_method["dkd"]["beta"] == 6.0 and by_method["kd_ls"]["temperature"] == 3.0
 
 
-def _loss_of(cfg):  # noqa: ANN001, ANN202 - a resolved config -> its loss module
+def _loss_of(cfg):
     from figkd.losses import build_loss
 
     return build_loss(cfg.loss.name, **dict(cfg.loss.args))
@@ -181,7 +181,7 @@ def test_teacher_key_follows_its_config(fake_root: Path, tmp_path: Path) -> None
     a = S.plan_study(_tiny_tier(), tmp_path, fake_root, device="cpu")
     b = S.plan_study(_tiny_tier(), tmp_path / "elsewhere", fake_root, device="cpu", threads=2)
     c = S.plan_study(_tiny_tier(teacher_epochs=2), tmp_path, fake_root, device="cpu")
-    name = lambda s: next(iter(s.teachers.values())).config.experiment  # noqa: E731
+    name = lambda s: next(iter(s.teachers.values())).config.experiment
     d = S.plan_study(_tiny_tier(), tmp_path, fake_root, device="cpu",
                      overrides=["teacher.cache=on", "teacher.cache_dir=/elsewhere"])
     assert name(a) == name(b) == name(d) != name(c)  # how runs execute is not in the key
@@ -258,7 +258,7 @@ def test_teacher_free_students_train_beside_the_teachers(
     batches: list[list[str]] = []
     original = S.execute
 
-    def recording(jobs, *args, followers, **kwargs):  # noqa: ANN001, ANN202 - test double
+    def recording(jobs, *args, followers, **kwargs):
         batches.append([job.label for job in jobs])
 
         def released(outcome):
@@ -291,7 +291,7 @@ def _start_order(study: S.Study, monkeypatch: pytest.MonkeyPatch,
     started: list[str] = []
     original = S._run_in_process
 
-    def recording(job, say):  # noqa: ANN001, ANN202 - test double
+    def recording(job, say):
         started.append(job.label.split("/", 1)[1])
         if job.label.endswith(fails) and fails:
             raise RuntimeError("out of memory")
@@ -318,7 +318,7 @@ def test_first_methods_train_before_the_held_ones(
     released: list[tuple[str, list[str]]] = []  # (ended run, the runs it let into the queue)
     original = S.execute
 
-    def recording(jobs, *args, followers, **kwargs):  # noqa: ANN001, ANN202 - test double
+    def recording(jobs, *args, followers, **kwargs):
         def noted(outcome):
             jobs = followers(outcome)
             released.append((outcome.job.label.split("/")[1],
@@ -369,7 +369,7 @@ def test_a_failed_teacher_leaves_out_only_its_distilled_students(
     study = S.plan_study(tier, tmp_path / "out", fake_root, device="cpu", methods=methods)
     original = S._run_in_process
 
-    def teacher_fails(job, say):  # noqa: ANN001, ANN202 - test double
+    def teacher_fails(job, say):
         if job.method is None:
             raise RuntimeError("out of memory")
         return original(job, say)

@@ -48,15 +48,15 @@ def _study(out: Path, data: Path) -> S.Study:
 def _run(study: S.Study, stop_student_at: int | None = None, monkeypatch=None) -> dict:
     """Run the study; with ``stop_student_at`` every student is killed after that epoch."""
     if stop_student_at is not None:
-        import figkd.engine.launch as launch
+        from figkd.engine import launch
 
         original = launch.run_seeds
 
-        def killed(cfg, seeds=None, **kwargs):  # noqa: ANN001 - test double
+        def killed(cfg, seeds=None, **kwargs):
             if cfg.teacher.checkpoint is None:
                 return original(cfg, seeds, **kwargs)
 
-            def stop(seed: int, record) -> None:  # noqa: ANN001
+            def stop(seed: int, record) -> None:
                 if record.epoch == stop_student_at:
                     raise RuntimeError("machine taken back")
 
@@ -183,8 +183,7 @@ def test_unchanged_files_are_kept_not_resent_and_the_mirror_resolves_them(
 
     report = state.import_state(tmp_path / "b2", mirror, say=lambda _: None)
     assert len(report.taken) == 2 and len(report.kept_local) == 1  # students newer, teacher same
-    assert [r.status for r in map(lambda d: state.describe_run(d, mirror),
-                                  state.find_run_dirs(mirror))] == ["finished"] * 3
+    assert [r.status for r in (state.describe_run(d, mirror) for d in state.find_run_dirs(mirror))] == ["finished"] * 3
     assert not list(mirror.rglob("last.pt"))  # finished students carry no checkpoint
     assert len(list(mirror.rglob("teacher.pt"))) == 1
 

@@ -22,18 +22,18 @@ import pytest
 import torch
 from torch import nn
 
-import figkd.engine.teacher_cache as teacher_cache
 from figkd.data.transforms import PRESETS, SmallImagePreset, register_preset
+from figkd.engine import teacher_cache
 from figkd.engine.file_lock import exclusive
 from figkd.engine.teacher_cache import (
     CacheKeyMismatchError,
     CacheRangeError,
     CropFlipViews,
     ViewLogitCache,
-    cache_fields,
-    cache_key,
     build_view_logits,
     cache_batch_size,
+    cache_fields,
+    cache_key,
     load_or_build,
     state_dict_sha256,
     stored_logits,
@@ -244,7 +244,7 @@ def test_a_saved_file_is_on_disk_before_it_replaces_the_old_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """fsync before os.replace: after a power cut the name points at a whole file."""
-    import figkd.engine.checkpoint as checkpoint
+    from figkd.engine import checkpoint
 
     events: list[str] = []
     real_fsync, real_replace = checkpoint.os.fsync, checkpoint.os.replace

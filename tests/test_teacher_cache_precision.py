@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_teacher_cache import PRESET, run_cfg, teacher_file  # noqa: F401  (fixture)
 
 from figkd.data import BatchAugment
 from figkd.engine import Trainer, load_weights_only
@@ -23,7 +24,6 @@ from figkd.engine.teacher_cache import (
     load_or_build,
 )
 from figkd.models import create_model
-from test_teacher_cache import PRESET, run_cfg, teacher_file  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,7 +68,7 @@ def test_each_precision_has_its_own_file(tmp_path: Path) -> None:
                             amp=amp)
 
     _, fp32 = load_or_build(teacher, fields("none"), images, PRESET, tmp_path)
-    cache, bf16 = load_or_build(teacher, fields("bf16"), images, PRESET, tmp_path)
+    _cache, bf16 = load_or_build(teacher, fields("bf16"), images, PRESET, tmp_path)
     assert fp32["status"] == bf16["status"] == "built"  # no float32 file reused for bf16
     assert fp32["path"] != bf16["path"]
     stored = ViewLogitCache.load(bf16["path"])

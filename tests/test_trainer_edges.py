@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import digits_config
 from torch import Tensor
 
-from conftest import digits_config
 from figkd.engine import Trainer, load_weights_only, model_payload, save_atomic
 from figkd.engine.trainer import NonFiniteLossError, RunExistsError
 from figkd.losses import CELoss

@@ -262,7 +262,7 @@ def test_cuda_matches_cpu() -> None:  # pragma: no cover - runs only with a GPU
 
 def test_batched_leading_dims_are_independent() -> None:
     x = torch.tensor(_random((2, 3, 10, 10), seed=9))
-    ll, bands = W.dwt2(x, "db2")
+    ll, _bands = W.dwt2(x, "db2")
     single_ll, _ = W.dwt2(x[1, 2], "db2")
     torch.testing.assert_close(ll[1, 2], single_ll)
 

@@ -228,7 +228,8 @@ def _run_tests(repo: Path, pytest_args: list[str], timeout: float) -> str:
     command = [sys.executable, "-m", "pytest", *PYTEST_FLAGS, *pytest_args]
     try:
         result = subprocess.run(
-            command, cwd=repo, env=_test_env(repo), capture_output=True, timeout=timeout
+            command, check=False, cwd=repo, env=_test_env(repo), capture_output=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         return "timeout"
@@ -266,7 +267,7 @@ class ForkRunner:
             os.dup2(devnull, 2)
             try:
                 code = int(pytest.main([*PYTEST_FLAGS, *pytest_args]))
-            except BaseException:
+            except BaseException:  # noqa: BLE001 (a forked child must exit, never unwind)
                 code = 99
             os._exit(code)
         deadline = time.monotonic() + timeout

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import yaml
@@ -115,40 +116,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     smi = out / "nvidia_smi.csv"
     sampler = sample_gpu(smi)
-    log = open(out / "throughput.log", "a")
-    root = work / f"random{args.images}"
-    if not (root / "train-00000-of-00001.npz").is_file():
-        rng = np.random.default_rng(0)
-        for split, n in (("train", args.images), ("test", max(100, args.images // 10))):
-            images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-            labels = np.arange(n) % 100
-            write_shards(root, split, images, labels, [f"c{i:03d}" for i in range(100)],
-                         codec="raw", max_mib=10_000, block=10**9)
-    rows = []
-    teacher_cfg = config(work, root, model="resnet32x4", epochs=1, extra={})
-    teacher_cfg["experiment"] = "teacher"
-    t0, t1, teacher_dir = run("train", teacher_cfg, work / "teacher.yaml", log)
-    teacher_epochs = epochs_of(teacher_dir)
-    rows.append(("teacher resnet32x4, 1 epoch (bf16, channels_last)",
-                 teacher_epochs[0].get("time_s"), None, t1 - t0, gpu_util(smi, t0, t1)))
-    checkpoint = teacher_dir / "checkpoints" / "last.pt"
-    extras = {
-        "fast": {"teacher.cache": "auto"},
-        "compiled": {"teacher.cache": "auto", "train.compile": True},
-    }
-    for variant in args.variants:
-        cfg = config(work, root, model="resnet8x4", epochs=args.epochs, extra={
-            "teacher.name": "resnet32x4", "teacher.checkpoint": str(checkpoint),
-            "loss.name": "kd", "teacher.cache_dir": str(work / "teacher_logits"),
-            **extras[variant]})
-        cfg["experiment"] = f"kd-{variant}"
-        t0, t1, run_dir = run("distill", cfg, work / f"kd-{variant}.yaml", log)
-        times = [e.get("time_s") for e in epochs_of(run_dir)]
-        first, rest = times[0], [t for t in times[1:] if t is not None]
-        steady = statistics.median(rest) if rest else first
-        rows.append((f"KD resnet32x4 -> resnet8x4, {variant}", first, steady, t1 - t0,
-                     gpu_util(smi, t0, t1)))
-    log.flush()
+    with open(out / "throughput.log", "a") as log:
+        rows = time_runs(args, work, smi, log)
     builds = [line for line in (out / "throughput.log").read_text().splitlines()
               if line.startswith("teacher cache (built)")]
     if sampler is not None:
@@ -186,6 +155,43 @@ def main() -> int:
     (out / "throughput.md").write_text(report)
     print(report)
     return 0
+
+
+def time_runs(args: argparse.Namespace, work: Path, smi: Path, log: IO[str]) -> list[tuple]:
+    """Train the teacher for one epoch, then each student variant; one row per run."""
+    root = work / f"random{args.images}"
+    if not (root / "train-00000-of-00001.npz").is_file():
+        rng = np.random.default_rng(0)
+        for split, n in (("train", args.images), ("test", max(100, args.images // 10))):
+            images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+            labels = np.arange(n) % 100
+            write_shards(root, split, images, labels, [f"c{i:03d}" for i in range(100)],
+                         codec="raw", max_mib=10_000, block=10**9)
+    rows = []
+    teacher_cfg = config(work, root, model="resnet32x4", epochs=1, extra={})
+    teacher_cfg["experiment"] = "teacher"
+    t0, t1, teacher_dir = run("train", teacher_cfg, work / "teacher.yaml", log)
+    teacher_epochs = epochs_of(teacher_dir)
+    rows.append(("teacher resnet32x4, 1 epoch (bf16, channels_last)",
+                 teacher_epochs[0].get("time_s"), None, t1 - t0, gpu_util(smi, t0, t1)))
+    checkpoint = teacher_dir / "checkpoints" / "last.pt"
+    extras = {
+        "fast": {"teacher.cache": "auto"},
+        "compiled": {"teacher.cache": "auto", "train.compile": True},
+    }
+    for variant in args.variants:
+        cfg = config(work, root, model="resnet8x4", epochs=args.epochs, extra={
+            "teacher.name": "resnet32x4", "teacher.checkpoint": str(checkpoint),
+            "loss.name": "kd", "teacher.cache_dir": str(work / "teacher_logits"),
+            **extras[variant]})
+        cfg["experiment"] = f"kd-{variant}"
+        t0, t1, run_dir = run("distill", cfg, work / f"kd-{variant}.yaml", log)
+        times = [e.get("time_s") for e in epochs_of(run_dir)]
+        first, rest = times[0], [t for t in times[1:] if t is not None]
+        steady = statistics.median(rest) if rest else first
+        rows.append((f"KD resnet32x4 -> resnet8x4, {variant}", first, steady, t1 - t0,
+                     gpu_util(smi, t0, t1)))
+    return rows
 
 
 def fmt(value: float | None) -> str:
