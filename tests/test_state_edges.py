@@ -25,7 +25,13 @@ from torch import nn
 
 from figkd.engine import run_dir, seeding
 from figkd.engine.checkpoint import load_teacher, model_payload, save_atomic, unwrap
-from figkd.engine.run_dir import RunDir, TensorBoardLogger, device_description, git_commit
+from figkd.engine.run_dir import (
+    RunDir,
+    TensorBoardLogger,
+    cpu_model,
+    device_description,
+    git_commit,
+)
 from figkd.engine.seeding import (
     get_rng_state,
     seed_everything,
@@ -374,11 +380,42 @@ def test_git_commit_reads_the_given_folder(
     assert git_commit(repo) == {"commit": head, "dirty": True}
 
 
-@pytest.mark.parametrize(("processor", "expected"), [("Xeon", "Xeon"), ("", "x86_64")])
-def test_cpu_device_description_falls_back_to_the_machine(
-    monkeypatch: pytest.MonkeyPatch, processor: str, expected: str
+def test_cpu_device_description_names_the_cpu_model() -> None:
+    """The summary's device line names the CPU as /proc/cpuinfo does (platform.processor() is
+    only "x86_64" on Linux); a machine without it falls back to platform."""
+    threads = torch.get_num_threads()
+    described = device_description(torch.device("cpu"))
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+             if line.startswith("model name")] if info.is_file() else []
+    if names:
+        assert described == f"cpu ({names[0]}, {threads} threads)"
+    else:
+        assert described == f"cpu ({cpu_model()}, {threads} threads)"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "processor", "expected"),
+    [
+        ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold 6338\nflags\t: sse\n", "",
+         "Intel(R) Xeon(R) Gold 6338"),
+        ("processor\t: 0\nflags\t: sse\n", "Xeon", "Xeon"),  # no model name line (ARM)
+        (None, "", "x86_64"),  # no /proc/cpuinfo (macOS), platform.processor() empty
+    ],
+)
+def test_cpu_model_reads_cpuinfo_then_falls_back_to_platform(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpuinfo: str | None, processor: str,
+    expected: str,
 ) -> None:
+    from figkd.engine import run_dir
+
+    fake = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        fake.write_text(cpuinfo)
+    real_path = run_dir.Path
+    monkeypatch.setattr(
+        run_dir, "Path", lambda p: fake if str(p) == "/proc/cpuinfo" else real_path(p)
+    )
     monkeypatch.setattr(platform, "processor", lambda: processor)
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    threads = torch.get_num_threads()
-    assert device_description(torch.device("cpu")) == f"cpu ({expected}, {threads} threads)"
+    assert run_dir.cpu_model() == expected

@@ -184,10 +184,10 @@ def cpu_model() -> str:
 
 
 def device_description(device: torch.device) -> str:
+    """The device a run trained on, as its summary records it (the GPU's or CPU's model)."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    cpu = platform.processor() or platform.machine()
-    return f"{device} ({cpu}, {torch.get_num_threads()} threads)"
+    return f"{device} ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 
 def command_line() -> str:

@@ -22,7 +22,9 @@ from figkd.registry import Registry
 LOSSES: Registry[type[DistillationLoss]] = Registry("loss")
 
 
-def register_loss(name: str, *, aliases: tuple[str, ...] = ()):
+def register_loss(
+    name: str, *, aliases: tuple[str, ...] = ()
+) -> Callable[[type[DistillationLoss]], type[DistillationLoss]]:
     """Class decorator adding a :class:`DistillationLoss` subclass to :data:`LOSSES`."""
     return LOSSES.register(name, aliases=aliases)
 

@@ -159,7 +159,10 @@ class MLKDLoss(DistillationLoss):
         class_gap = p_t.mT @ p_t - p_s.mT @ p_s
         return batch_gap.square().sum(-1) / students.shape[-2], class_gap.square().sum(-1) / students.shape[-1]
 
-    def _paper(self, s_weak, t_weak, s_strong, t_strong, sample_mask, class_mask):
+    def _paper(
+        self, s_weak: Tensor, t_weak: Tensor, s_strong: Tensor, t_strong: Tensor,
+        sample_mask: Tensor, class_mask: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Masks select samples / classes inside each reduction; both views, every level.
 
         Every temperature and both views go through one batched computation of shape
@@ -172,7 +175,10 @@ class MLKDLoss(DistillationLoss):
             batch_rows, class_rows = self._stacked_grams(students, teachers)
         return instance, (batch_rows * sample_mask).sum(), (class_rows * class_mask).sum()
 
-    def _official(self, s_weak, t_weak, s_strong, t_strong, sample_mask, class_mask):
+    def _official(
+        self, s_weak: Tensor, t_weak: Tensor, s_strong: Tensor, t_strong: Tensor,
+        sample_mask: Tensor, class_mask: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """The public code's arithmetic: masks rescale reduced terms; the strong view's
         last two instance temperatures use weak logits; strong batch/class terms unused."""
         sample_rate, class_rate = sample_mask.mean(), class_mask.mean()

@@ -39,7 +39,9 @@ from figkd.losses.precision import as_float
 from figkd.losses.validation import check_weight
 
 
-def hcl_loss(student: list[Tensor], teacher: list[Tensor], pool_sizes=(4, 2, 1)) -> Tensor:
+def hcl_loss(
+    student: list[Tensor], teacher: list[Tensor], pool_sizes: tuple[int, ...] = (4, 2, 1)
+) -> Tensor:
     """Hierarchical context loss summed over levels (float32)."""
     total = student[0].new_zeros((), dtype=torch.float32)
     for fs, ft in zip(student, teacher, strict=True):
