@@ -24,7 +24,7 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import pywt
@@ -527,7 +527,7 @@ def idwt2(
 
 def wavedec2(
     x: Tensor, wavelet: WaveletLike = "haar", mode: str = "zero", level: int | None = None
-) -> list:
+) -> list[Any]:
     """Multi-level 2D DWT: ``[ll_n, (lh_n, hl_n, hh_n), ..., (lh_1, hl_1, hh_1)]`` as pywt."""
     _check_floating(x)
     if x.dim() < 2:
@@ -542,7 +542,7 @@ def wavedec2(
     return [approx, *reversed(details)]
 
 
-def waverec2(coeffs: Sequence, wavelet: WaveletLike = "haar", mode: str = "zero") -> Tensor:
+def waverec2(coeffs: Sequence[Any], wavelet: WaveletLike = "haar", mode: str = "zero") -> Tensor:
     """Inverse of :func:`wavedec2` (as ``pywt.waverec2``)."""
     if len(coeffs) < 2:
         raise ValueError("coeffs must hold an approximation and at least one level of details")

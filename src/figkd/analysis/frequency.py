@@ -60,7 +60,7 @@ def logit_components(
     ll, bands = dwt2(grid, wavelet, mode)
     no_detail = tuple(torch.zeros_like(band) for band in bands)
 
-    def back(coeffs: tuple) -> np.ndarray:
+    def back(coeffs: tuple[torch.Tensor, tuple[torch.Tensor, ...]]) -> np.ndarray:
         rebuilt = idwt2(coeffs, wavelet, mode)[..., :height, :width]  # pywt's crop for odd sides
         return grid_to_logits(rebuilt, x.shape[-1]).numpy()
 

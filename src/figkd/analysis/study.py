@@ -496,7 +496,7 @@ def _base_config(
     epochs: int,
     batch_size: int | None = None,
     lr: float | None = None,
-) -> dict:
+) -> dict[str, Any]:
     tier = study.tier
     return {
         "output_dir": str(study.out),
@@ -930,7 +930,7 @@ def most_epochs_left_first(jobs: Sequence[Job]) -> list[Job]:
     return sorted(jobs, key=lambda job: left[job.run_dir], reverse=True)  # stable
 
 
-def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = None) -> dict:
+def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = None) -> dict[str, Any]:
     """Teachers and the teacher-free students first; each teacher's distilled students join
     the queue as soon as it is ready.  Returns the manifest written to study.json.
 

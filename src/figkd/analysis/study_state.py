@@ -165,7 +165,7 @@ def _tar_cost(size: int) -> int:
     return 512 + -(-size // 512) * 512
 
 
-def _priority(run: RunState) -> tuple:
+def _priority(run: RunState) -> tuple[bool, bool, int, str]:
     # finished runs first (cheap and final), then killed teachers (their students wait on
     # them), then killed students furthest along (the most work saved per byte)
     return (run.status != "finished", not run.teacher, -run.epoch, run.path)

@@ -60,7 +60,7 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
         ) from error
 
 
-class ImageFileDataset(Dataset):
+class ImageFileDataset(Dataset[Any]):
     """Images listed as ``(path, label)`` pairs, decoded on access (torchvision's conventions).
 
     Attributes:

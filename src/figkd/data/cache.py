@@ -100,7 +100,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "figkd"
 
 
-class _DecodedImages(Dataset):
+class _DecodedImages(Dataset[Any]):
     """``raw_image`` (+ resize) as uint8 (C, H, W): the unit of work of a parallel decode."""
 
     def __init__(self, dataset: Any, size: int | None) -> None:

@@ -39,7 +39,7 @@ def _unpickle(path: Path, name: str) -> dict[str, Any]:
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
 
 
-class CIFAR100(Dataset):
+class CIFAR100(Dataset[Any]):
     """In-memory CIFAR-100; items are ``(transform(PIL image), label)`` as in torchvision."""
 
     def __init__(

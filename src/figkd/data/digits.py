@@ -38,7 +38,7 @@ def _digits_arrays() -> tuple[torch.Tensor, list[int], dict[str, list[int]]]:
     return _CACHE["images"], _CACHE["targets"], _CACHE["splits"]
 
 
-class Digits(Dataset):
+class Digits(Dataset[Any]):
     """8x8 handwritten digits; items are ``(transform(x), label)`` with ``x`` of shape (1, 8, 8)."""
 
     scale: float = float(DIGITS_MAX_VALUE)

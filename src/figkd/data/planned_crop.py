@@ -193,7 +193,7 @@ class PlannedResizedCrop:
         return f"PlannedResizedCrop(size={self.size}, interpolation={self.interpolation.value})"
 
 
-class PlannedDataset(Dataset):
+class PlannedDataset(Dataset[Any]):
     """``dataset`` with its training crop replaced by the plan row of (epoch, index).
 
     ``dataset`` must offer ``raw_image(i)`` (the decoded image before any transform) and

@@ -347,7 +347,7 @@ def first_per_class(targets: np.ndarray, per_class: int | None) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-class ShardDataset(torch.utils.data.Dataset):
+class ShardDataset(torch.utils.data.Dataset[Any]):
     """A split held in memory as uint8 pixels; items are ``(transform(PIL image), label)``.
 
     ``images_uint8()`` gives the whole split as (N, C, H, W) uint8, which the fast path

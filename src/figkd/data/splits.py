@@ -44,7 +44,7 @@ def stratified_split(
     return np.flatnonzero(mask).tolist(), val_idx.tolist()
 
 
-class DatasetSubset(Dataset):
+class DatasetSubset(Dataset[Any]):
     """A view of some indices of a dataset that keeps ``classes``/``targets``/``samples``.
 
     ``torch.utils.data.Subset`` drops those attributes, and the trainer, the cache and

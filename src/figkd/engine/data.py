@@ -155,7 +155,7 @@ class FastSource:
 _AUGMENT_STREAM = 0x6175676D
 
 
-class _Indexed(Dataset):
+class _Indexed(Dataset[Any]):
     """``(image, target, index)`` items, so batches can be traced to samples.
 
     With ``seed`` set (training), an item's random transform draws from its own torch stream

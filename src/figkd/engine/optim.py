@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from figkd.registry import Registry
 if TYPE_CHECKING:
     from figkd.config import Config
 
-OptimizerFactory = Callable[[list[dict], "Config", float], torch.optim.Optimizer]
+OptimizerFactory = Callable[[list[dict[str, Any]], "Config", float], torch.optim.Optimizer]
 #: a schedule maps (epoch counted from 1, config) to a multiplier of the base LR
 Schedule = Callable[[int, "Config"], float]
 
@@ -30,7 +30,7 @@ SCHEDULES: Registry[Schedule] = Registry("schedule")
 
 
 @OPTIMIZERS.register("sgd")
-def _sgd(groups: list[dict], cfg: Config, lr: float) -> torch.optim.Optimizer:
+def _sgd(groups: list[dict[str, Any]], cfg: Config, lr: float) -> torch.optim.Optimizer:
     o = cfg.optim
     return torch.optim.SGD(
         groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
@@ -38,7 +38,7 @@ def _sgd(groups: list[dict], cfg: Config, lr: float) -> torch.optim.Optimizer:
 
 
 @OPTIMIZERS.register("adamw")
-def _adamw(groups: list[dict], cfg: Config, lr: float) -> torch.optim.Optimizer:
+def _adamw(groups: list[dict[str, Any]], cfg: Config, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.optim.weight_decay)
 
 

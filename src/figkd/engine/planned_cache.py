@@ -231,7 +231,7 @@ def load_or_build_planned(teacher: nn.Module, fields: dict[str, Any], planned: P
 def resolve_planned_cache(cfg: Any, data: Any, teacher: nn.Module, teacher_record: Any,
                           spec: Any, device: torch.device, ctx: Any, record: dict[str, Any],
                           say: Callable[[str], None],
-                          first_epoch: int = 1) -> tuple[PlannedLogitCache | None, dict]:
+                          first_epoch: int = 1) -> tuple[PlannedLogitCache | None, dict[str, Any]]:
     """``teacher.cache`` for a RandomResizedCrop preset on the DataLoader path.
 
     Called by :func:`~figkd.engine.teacher_cache.resolve_teacher_cache` once the method

@@ -7,6 +7,7 @@ teacher logits are computed in the same precision as the live teacher's would be
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 
@@ -17,7 +18,7 @@ AMP_DTYPES: dict[str, torch.dtype | None] = {
 }
 
 
-def autocast(device: torch.device | str, amp: str) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device | str, amp: str) -> contextlib.AbstractContextManager[Any]:
     """``torch.autocast`` for ``amp`` in ("bf16", "fp16"); a no-op for "none"."""
     dtype = AMP_DTYPES[amp]
     if dtype is None:

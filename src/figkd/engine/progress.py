@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 
 def choose_mode(mode: str, stream: TextIO | None = None) -> str:
@@ -73,7 +73,7 @@ class EpochProgress:
             self.bar.close()
 
 
-def epoch_line(prefix: str, epoch: int, epochs: int, record: dict) -> str:
+def epoch_line(prefix: str, epoch: int, epochs: int, record: dict[str, Any]) -> str:
     """One summary line per epoch: LR, train loss, val/test top-1."""
     parts = [
         f"{prefix}epoch {epoch}/{epochs}",

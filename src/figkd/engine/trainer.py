@@ -240,7 +240,7 @@ class Trainer:
             model, source, device=self.device, ctx=self.ctx, amp=self.cfg.train.amp
         )
 
-    def autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return autocast(self.device, self.cfg.train.amp)
 
     # ------------------------------------------------------------------ training

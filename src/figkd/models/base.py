@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+#: ``(preact, activate)`` of a block: its output before the last activation, and that activation
+PreactSplit = tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]
+
 
 class Features(TypedDict):
     """The dictionary returned by ``forward_features``."""
@@ -104,7 +107,7 @@ class StagedModel(ZooModel):
     def _classify(self, embedding: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _split_preact(self, block: nn.Module) -> tuple[Callable, Callable] | None:
+    def _split_preact(self, block: nn.Module) -> PreactSplit | None:
         """(preact, activate) functions of ``block``, or None if it has no activation at the end.
 
         Blocks without one (e.g. MobileNetV2's linear bottleneck) report their

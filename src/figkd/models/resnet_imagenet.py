@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
-from figkd.models.base import StagedModel
+from figkd.models.base import PreactSplit, StagedModel
 from figkd.models.registry import MODELS
 
 
@@ -80,7 +80,7 @@ class ResNetImageNet(StagedModel, tv.ResNet):
     def _classify(self, embedding: Tensor) -> Tensor:
         return self.fc(embedding)
 
-    def _split_preact(self, block: nn.Module) -> tuple[Callable, Callable]:
+    def _split_preact(self, block: nn.Module) -> PreactSplit:
         # torchvision blocks end in ReLU; PREACT recomputes them without it
         return partial(PREACT[type(block)], block), F.relu
 
