@@ -399,6 +399,7 @@ def test_cpu_device_description_names_the_cpu_model() -> None:
     [
         ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold 6338\nflags\t: sse\n", "",
          "Intel(R) Xeon(R) Gold 6338"),
+        ("model name\t: Some CPU: rev 2\n", "", "Some CPU: rev 2"),  # split at the first colon
         ("processor\t: 0\nflags\t: sse\n", "Xeon", "Xeon"),  # no model name line (ARM)
         (None, "", "x86_64"),  # no /proc/cpuinfo (macOS), platform.processor() empty
     ],
