@@ -31,11 +31,13 @@ lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet "$(RUFF)"
 	$(BIN)/python -m ruff check src tests benchmarks tools
 
-# mypy on the package (config in pyproject.toml); pinned with the stubs it reads (CI runs it)
+# mypy on the package and tools, then benchmarks (a module name both use: two runs); pinned
+# with the stubs it reads (config in pyproject.toml; CI runs it)
 MYPY := mypy==2.4.1 types-PyYAML==6.0.12.20261122 types-tqdm==4.70.0.20261106
 typecheck: $(STAMP)
 	$(BIN)/python -m pip install --quiet $(MYPY)
 	$(BIN)/python -m mypy
+	$(BIN)/python -m mypy benchmarks
 
 # each target rewrites the files README's Speed table cites, with the commands recorded in them
 bench: $(STAMP)

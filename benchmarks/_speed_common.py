@@ -76,6 +76,9 @@ def make_step(
         with ctx:
             t = cached
             if t is None and needs_teacher:
+                if teacher is None:
+                    raise ValueError("this loss needs teacher logits: pass a teacher or the "
+                                     "cached logits")
                 with torch.no_grad():
                     t = teacher(x)
             s = student(x)

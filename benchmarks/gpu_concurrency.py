@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,7 +107,7 @@ def run_case(
     sync: bool,
     graph: bool = False,
     env: dict[str, str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Start ``procs`` workers that time the same window; returns the aggregate rate."""
     start_at = time.time() + args.startup
     cmd = [

@@ -43,13 +43,16 @@ def find_root(root: str | None) -> Path:
         return shared / "tiny-imagenet-100a"
     if (shared / "tiny-imagenet-100a.tar").is_file():
         return data.extract_tiny_imagenet_tar(shared / "tiny-imagenet-100a.tar", REPO / ".cache")
-    return data.resolve_root("tiny-imagenet")  # $FIGKD_DATA, ./data; raises with the layout
+    found = data.resolve_root("tiny-imagenet")  # $FIGKD_DATA, ./data; raises with the layout
+    if found is None:  # only datasets that need no files resolve to None
+        raise SystemExit("tiny-imagenet resolved to no dataset folder")
+    return found
 
 
 def rate(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], images: int, warmup: int,
          device: torch.device) -> float:
     """Steady-state images/s: skip ``warmup`` batches, then time until ``images`` have arrived."""
-    iterator: Iterator = iter(batches)
+    iterator: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(batches)
     for _ in range(warmup):
         next(iterator)
     seen, start = 0, time.perf_counter()

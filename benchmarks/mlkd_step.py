@@ -26,7 +26,7 @@ import argparse
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,10 @@ class LoopMLKD(MLKDLoss):
     """The paper variant's arithmetic as stop 21 ran it: one small computation per
     (view, temperature), each level's softmax taken separately."""
 
-    def _paper(self, s_weak, t_weak, s_strong, t_strong, sample_mask, class_mask):
+    def _paper(
+        self, s_weak: Tensor, t_weak: Tensor, s_strong: Tensor, t_strong: Tensor,
+        sample_mask: Tensor, class_mask: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         instance = batch = klass = s_weak.new_zeros(())
         for student, teacher in ((s_weak, t_weak), (s_strong, t_strong)):
             inst_s, inst_t = self._instance_inputs(student, teacher)
@@ -79,7 +82,9 @@ class OpCounter(TorchDispatchMode):
         super().__init__()
         self.calls = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+    def __torch_dispatch__(self, func: Callable[..., Any], types: Sequence[type],
+                           args: Sequence[Any] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
         self.calls += 1
         return func(*args, **(kwargs or {}))
 
@@ -159,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = torch.randint(0, 100, (512,), device=device)
     weak_view, strong_view = BatchAugment("cifar", train=True), StrongBatchAugment("cifar")
     views = CropFlipViews.from_preset("cifar")
+    if views is None:
+        raise SystemExit("preset cifar has no finite crop/flip view space")
     table = ViewLogitCache(torch.randn(len(pool), len(views), 100, device=device).half(), views)
     gen = torch.Generator().manual_seed(args.seed)
 
@@ -170,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         distiller = Distiller(student, loss_cls(validate=False), teacher).train()
         steps[label] = make_step(distiller, optimizer, args.amp, device)
 
-    def batch(label: str) -> tuple[Any, Tensor, Tensor | None]:
+    def batch(label: str) -> tuple[Any, Tensor, tuple[Tensor, dict[str, Tensor]]]:
         index = torch.randint(0, len(pool), (args.batch_size,), generator=gen)
         params = weak_view.sample(args.batch_size, gen)
         pixels = pool[index.to(device)]

@@ -88,13 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     fmt = torch.channels_last if args.channels_last else torch.preserve_format
 
-    teacher = create_model("resnet32x4", num_classes=100).to(device, memory_format=fmt).eval()
+    teacher = create_model("resnet32x4", num_classes=100).to(device).to(memory_format=fmt).eval()
     teacher.requires_grad_(False)
     # data: one fixed pool of uint8 images, augmented per step by the fast path's own code
     pool = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8, device=device)
     targets = torch.randint(0, 100, (512,), device=device)
     augment = BatchAugment("cifar", train=True)
     views = CropFlipViews.from_preset("cifar")
+    if views is None:
+        raise SystemExit("preset cifar has no finite crop/flip view space")
     table = ViewLogitCache(
         torch.randn(len(pool), len(views), 100, device=device).half(), views
     )
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, (name, kw) in METHODS.items():
         for mode in ("live", "cache") if name != "ce" else ("live",):
             torch.manual_seed(args.seed)  # every student starts from the same weights
-            student = create_model("resnet8x4", num_classes=100).to(device, memory_format=fmt)
+            student = create_model("resnet8x4", num_classes=100).to(device).to(memory_format=fmt)
             loss = build_loss(name, **kw).to(device)
             opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
             steps[(label, mode)] = (make_step(student, teacher, loss, opt, amp=args.amp,

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -44,7 +45,7 @@ def per_image_pairs(cache: data.TensorImageCache, preset: str, batch: int,
             yield torch.stack([w for w, _ in views]), torch.stack([s for _, s in views])
 
 
-def rate(batches: Iterator, images: int, batch: int, device: torch.device) -> float:
+def rate(batches: Iterator[tuple[Any, ...]], images: int, batch: int, device: torch.device) -> float:
     """Images per second over ``images`` images, after one warm-up batch."""
     next(batches)
     if device.type == "cuda":
@@ -58,7 +59,7 @@ def rate(batches: Iterator, images: int, batch: int, device: torch.device) -> fl
     return seen / (time.perf_counter() - start)
 
 
-def endless(loader: data.GPUBatchLoader) -> Iterator:
+def endless(loader: data.GPUBatchLoader) -> Iterator[tuple[Any, ...]]:
     while True:
         yield from loader
 

@@ -31,11 +31,14 @@ import random
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import torch
 import torchvision
 import torchvision.transforms as T
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _speed_common import REPO, emit, header, median
@@ -56,7 +59,10 @@ def find_root() -> Path:
         return shared / "tiny-imagenet-100a"
     if (shared / "tiny-imagenet-100a.tar").is_file():
         return data.extract_tiny_imagenet_tar(shared / "tiny-imagenet-100a.tar", REPO / ".cache")
-    return data.resolve_root("tiny-imagenet")
+    found = data.resolve_root("tiny-imagenet")
+    if found is None:  # only datasets that need no files resolve to None
+        raise SystemExit("tiny-imagenet resolved to no dataset folder")
+    return found
 
 
 def balanced(targets: list[int], per_class: int) -> list[int]:
@@ -69,7 +75,9 @@ def balanced(targets: list[int], per_class: int) -> list[int]:
     return keep
 
 
-def models(seed: int, fmt: torch.memory_format = torch.preserve_format):
+def models(
+    seed: int, fmt: torch.memory_format = torch.preserve_format
+) -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(seed)
     teacher = create_model("resnet32x4", num_classes=100).to(memory_format=fmt).eval()
     teacher.requires_grad_(False)
@@ -85,7 +93,9 @@ def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
 # --------------------------------------------------------------------------- (a) plain loop
 
 
-def plain_epoch(loader, teacher, student, optimizer, kd) -> tuple[int, float]:
+def plain_epoch(loader: Iterable[tuple[Tensor, Tensor]], teacher: torch.nn.Module,
+                student: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                kd: torch.nn.Module) -> tuple[int, float]:
     """The usual loop: DataLoader batches, live teacher, fp32 student step."""
     student.train()
     seen, start = 0, time.perf_counter()
@@ -104,8 +114,13 @@ def plain_epoch(loader, teacher, student, optimizer, kd) -> tuple[int, float]:
 # --------------------------------------------------------------------------- (b) figkd
 
 
-def figkd_epoch(loader, distiller, optimizer, table, epoch, amp, fmt) -> tuple[int, float]:
-    """The trainer's step on the fast path; ``table`` None means the live teacher."""
+def figkd_epoch(loader: data.GPUBatchLoader, labels: Tensor, distiller: Distiller,
+                optimizer: torch.optim.Optimizer, table: ViewLogitCache | None, epoch: int,
+                amp: str, fmt: torch.memory_format) -> tuple[int, float]:
+    """The trainer's step on the fast path; ``table`` None means the live teacher.
+
+    ``loader`` is built over a cache whose targets are the sample indices, so it yields
+    ``(images, index, params)``; ``labels[index]`` are the class labels."""
     distiller.train()
     loader.set_epoch(epoch)
     loader.return_params = True
@@ -113,7 +128,7 @@ def figkd_epoch(loader, distiller, optimizer, table, epoch, amp, fmt) -> tuple[i
                 else torch.autocast("cpu", enabled=False))
     seen, start = 0, time.perf_counter()
     for images, index, params in loader:
-        targets = loader.targets_of[index]
+        targets = labels[index]
         images = images.contiguous(memory_format=fmt)
         cached = table.lookup(index, params) if table is not None else None
         with autocast:
@@ -129,7 +144,8 @@ def figkd_epoch(loader, distiller, optimizer, table, epoch, amp, fmt) -> tuple[i
     return seen, took
 
 
-def student_switches(args, pool, targets, table, views) -> list[str]:
+def student_switches(args: argparse.Namespace, pool: Tensor, targets: Tensor,
+                     table: ViewLogitCache, views: CropFlipViews) -> list[str]:
     """Student step alone (KD, cached logits) under each switch, with an accuracy check."""
     settings = [("fp32 eager", "none", False, False), ("channels_last", "none", True, False),
                 ("bf16 autocast", "bf16", False, False),
@@ -153,7 +169,8 @@ def student_switches(args, pool, targets, table, views) -> list[str]:
         torch.manual_seed(1)
         student = create_model("resnet8x4", num_classes=100).to(memory_format=fmt)
         opt = sgd(student)
-        run = torch.compile(student) if comp else student
+        # torch.compile's stubs return a callable; on a Module it returns a Module
+        run = cast(torch.nn.Module, torch.compile(student)) if comp else student
         steps[name] = (run, opt, amp, fmt)
     times: dict[str, list[float]] = defaultdict(list)
     losses: dict[str, list[float]] = defaultdict(list)
@@ -247,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     amp = "bf16" if "bf16" in args.student else "none"
 
     loader = data.GPUBatchLoader(cache, args.batch_size, PRESET, train=True, device=device)
-    loader.targets_of = labels
     views = CropFlipViews.from_preset(PRESET)
+    if views is None:
+        raise SystemExit(f"preset {PRESET} has no finite crop/flip view space")
 
     # ---- teacher-cache build: the views the timed epochs draw ("used"), timed
     epochs = list(range(1, args.rounds + 1))
@@ -269,13 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     live_opt = sgd(live_student)
     _, fast_student = models(0, fmt)
     fast_teacher = copy.deepcopy(teacher).to(memory_format=fmt)
-    compiled = torch.compile(fast_student) if "compile" in args.student else fast_student
+    # torch.compile's stubs return a callable; on a Module it returns a Module
+    compiled = (cast(torch.nn.Module, torch.compile(fast_student)) if "compile" in args.student
+                else fast_student)
     fast = Distiller(compiled, build_loss("kd"), fast_teacher)
     fast_opt = sgd(fast_student)
     if "compile" in args.student:  # compile outside the timed epochs (one-off, reported)
         start = time.perf_counter()
         warm = data.GPUBatchLoader(cache, args.batch_size, PRESET, train=True, device=device)
-        warm.targets_of, warm.return_params = labels, True
+        warm.return_params = True
         x, index, params = next(iter(warm))
         cached = table_full_for_switches(table, needed).lookup(index, params)
         terms = fast(x.contiguous(memory_format=fmt), labels[index], teacher_logits=cached)[1]
@@ -289,9 +309,9 @@ def main(argv: list[str] | None = None) -> int:
             num_workers=args.workers, generator=g, persistent_workers=False)
         jobs = [
             ("a", lambda: plain_epoch(plain_loader, teacher, plain_student, plain_opt, kd)),
-            ("b0", lambda: figkd_epoch(loader, live, live_opt, None, epoch, "none",
+            ("b0", lambda: figkd_epoch(loader, labels, live, live_opt, None, epoch, "none",
                                        torch.preserve_format)),
-            ("b", lambda: figkd_epoch(loader, fast, fast_opt, table, epoch, amp, fmt)),
+            ("b", lambda: figkd_epoch(loader, labels, fast, fast_opt, table, epoch, amp, fmt)),
         ]
         random.Random(rnd).shuffle(jobs)
         for key, job in jobs:

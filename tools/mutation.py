@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,7 +95,12 @@ def _numeric_variants(value: object) -> list[object]:
     return [value + 1] if isinstance(value, int) else [value * 1.5]
 
 
-def _candidates(tree: ast.Module) -> Iterator[tuple[ast.AST, str, object]]:
+#: how to rewrite a site: ("op", new operator class), ("cmp", position, new comparison class),
+#: ("const", value), ("negate",) or ("unwrap",)
+Spec = tuple[Any, ...]
+
+
+def _candidates(tree: ast.Module) -> Iterator[tuple[ast.AST, str, Spec]]:
     """Yield (node, description, replacement-spec) for every mutation site, in a fixed order."""
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     for node in ast.walk(tree):
@@ -109,11 +115,12 @@ def _candidates(tree: ast.Module) -> Iterator[tuple[ast.AST, str, object]]:
         elif isinstance(node, ast.Compare):
             for position, op in enumerate(node.ops):
                 if type(op) in COMPARE_SWAPS:
-                    new = COMPARE_SWAPS[type(op)]
-                    yield node, f"{type(op).__name__} -> {new.__name__}", ("cmp", position, new)
+                    new_cmp = COMPARE_SWAPS[type(op)]
+                    yield node, f"{type(op).__name__} -> {new_cmp.__name__}", (
+                        "cmp", position, new_cmp)
         elif isinstance(node, ast.BoolOp):
-            new = BOOL_SWAPS[type(node.op)]
-            yield node, f"{type(node.op).__name__} -> {new.__name__}", ("op", new)
+            new_bool = BOOL_SWAPS[type(node.op)]
+            yield node, f"{type(node.op).__name__} -> {new_bool.__name__}", ("op", new_bool)
         elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.Not)):
             yield node, f"drop {type(node.op).__name__}", ("unwrap",)
         elif isinstance(node, ast.Constant) and not isinstance(parents.get(node), ast.Expr):
@@ -125,7 +132,7 @@ def _candidates(tree: ast.Module) -> Iterator[tuple[ast.AST, str, object]]:
             yield node, "negate condition", ("negate",)
 
 
-def _apply(tree: ast.Module, target: ast.AST, spec: tuple) -> None:
+def _apply(tree: ast.Module, target: ast.AST, spec: Spec) -> None:
     kind = spec[0]
     if kind == "op":
         target.op = spec[1]()  # type: ignore[attr-defined]
@@ -139,7 +146,7 @@ def _apply(tree: ast.Module, target: ast.AST, spec: tuple) -> None:
         for parent in ast.walk(tree):
             for field, value in ast.iter_fields(parent):
                 if value is target:
-                    setattr(parent, field, target.operand)  # type: ignore[attr-defined]
+                    setattr(parent, field, target.operand)
                     return
                 if isinstance(value, list) and any(item is target for item in value):
                     value[[id(item) for item in value].index(id(target))] = target.operand  # type: ignore[attr-defined]

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import yaml
@@ -37,7 +37,7 @@ import yaml
 from figkd.data.shards import write_shards
 
 
-def sample_gpu(path: Path) -> subprocess.Popen | None:
+def sample_gpu(path: Path) -> subprocess.Popen[bytes] | None:
     try:
         return subprocess.Popen(
             ["nvidia-smi", "--query-gpu=timestamp,utilization.gpu,memory.used",
@@ -65,8 +65,10 @@ def gpu_util(path: Path, start: float, stop: float) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def config(out: Path, root: Path, *, model: str, epochs: int, extra: dict) -> dict:
-    cfg = {
+def config(
+    out: Path, root: Path, *, model: str, epochs: int, extra: dict[str, Any]
+) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
         "output_dir": str(out),
         "model": {"name": model},
         "data": {"dataset": "uint8-shards", "root": str(root), "preset": "tiny-imagenet-32",
@@ -85,7 +87,7 @@ def config(out: Path, root: Path, *, model: str, epochs: int, extra: dict) -> di
     return cfg
 
 
-def run(kind: str, cfg: dict, path: Path, log) -> tuple[float, float, Path]:
+def run(kind: str, cfg: dict[str, Any], path: Path, log: IO[str]) -> tuple[float, float, Path]:
     path.write_text(yaml.safe_dump(cfg))
     start = time.time()
     proc = subprocess.run([sys.executable, "-m", "figkd", kind, str(path), "--seeds", "0"],
@@ -97,7 +99,7 @@ def run(kind: str, cfg: dict, path: Path, log) -> tuple[float, float, Path]:
     return start, stop, run_dir
 
 
-def epochs_of(run_dir: Path) -> list[dict]:
+def epochs_of(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
             if line.strip()]
 
@@ -157,7 +159,11 @@ def main() -> int:
     return 0
 
 
-def time_runs(args: argparse.Namespace, work: Path, smi: Path, log: IO[str]) -> list[tuple]:
+#: (run, epoch 1 s, steady epoch s, wall s, mean GPU util %)
+Row = tuple[str, float | None, float | None, float, float | None]
+
+
+def time_runs(args: argparse.Namespace, work: Path, smi: Path, log: IO[str]) -> list[Row]:
     """Train the teacher for one epoch, then each student variant; one row per run."""
     root = work / f"random{args.images}"
     if not (root / "train-00000-of-00001.npz").is_file():
@@ -167,7 +173,7 @@ def time_runs(args: argparse.Namespace, work: Path, smi: Path, log: IO[str]) -> 
             labels = np.arange(n) % 100
             write_shards(root, split, images, labels, [f"c{i:03d}" for i in range(100)],
                          codec="raw", max_mib=10_000, block=10**9)
-    rows = []
+    rows: list[Row] = []
     teacher_cfg = config(work, root, model="resnet32x4", epochs=1, extra={})
     teacher_cfg["experiment"] = "teacher"
     t0, t1, teacher_dir = run("train", teacher_cfg, work / "teacher.yaml", log)
@@ -175,7 +181,7 @@ def time_runs(args: argparse.Namespace, work: Path, smi: Path, log: IO[str]) -> 
     rows.append(("teacher resnet32x4, 1 epoch (bf16, channels_last)",
                  teacher_epochs[0].get("time_s"), None, t1 - t0, gpu_util(smi, t0, t1)))
     checkpoint = teacher_dir / "checkpoints" / "last.pt"
-    extras = {
+    extras: dict[str, dict[str, Any]] = {
         "fast": {"teacher.cache": "auto"},
         "compiled": {"teacher.cache": "auto", "train.compile": True},
     }
