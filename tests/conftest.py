@@ -1,10 +1,13 @@
 """Fixtures shared across test files (fake CIFAR-100 copies, one-thread loss tests, the
-studies' unit tier)."""
+studies' unit tier, the scripts of tools/ and benchmarks/)."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -12,6 +15,22 @@ import torch
 
 from figkd.config import Config, config_from_dict
 from figkd.data.synthetic import write_fake_cifar100
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str, name: str) -> ModuleType:
+    """The script ``REPO/relative`` (tools/ and benchmarks/ are not packages) as module ``name``.
+
+    Registered in ``sys.modules`` before it runs: a dataclass in it looks its module up there.
+    """
+    spec = importlib.util.spec_from_file_location(name, REPO / relative)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {relative} as a module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")

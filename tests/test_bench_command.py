@@ -4,7 +4,6 @@ on a tiny size (1 round, 1 ms blocks)."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import re
 import warnings
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import load_script
 
 from figkd.analysis import overhead
 from figkd.cli import main
@@ -284,11 +284,7 @@ def test_script_keeps_its_command_line_and_options(
 ) -> None:
     """``benchmarks/loss_overhead.py`` on the shared code: its own command in the header, the
     default sizes, and ``--output``."""
-    path = REPO / "benchmarks" / "loss_overhead.py"
-    spec = importlib.util.spec_from_file_location("loss_overhead", path)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("benchmarks/loss_overhead.py", "loss_overhead")
     seen: list[tuple[Any, ...]] = []
 
     def fake_benchmark(device: torch.device, sizes: Any, rounds: int, **_: Any) -> list[str]:

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 KIB = 1 << 10
 
 
-def _calls_module():
-    spec = importlib.util.spec_from_file_location("device_calls", REPO / "tools/device/calls.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-calls = _calls_module()
+calls = load_script("tools/device/calls.py", "device_calls")
 
 
 def _file(path: Path, size: int) -> Path:

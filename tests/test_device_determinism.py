@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import load_script
 
-REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("check_determinism",
-                                              REPO / "tools/device/check_determinism.py")
-check = importlib.util.module_from_spec(spec)
-sys.modules["check_determinism"] = check  # its dataclass looks its module up there
-spec.loader.exec_module(check)
+check = load_script("tools/device/check_determinism.py", "check_determinism")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

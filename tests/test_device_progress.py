@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
-REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("device_progress", REPO / "tools/device/progress.py")
-progress = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(progress)
+progress = load_script("tools/device/progress.py", "device_progress")
 
 
 def _epochs(path: Path, records: list[tuple[float, float, float, float, float]]) -> None:

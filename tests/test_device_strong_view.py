@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import load_script
 
-REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("check_strong_view",
-                                              REPO / "tools/device/check_strong_view.py")
-check = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(check)
+check = load_script("tools/device/check_strong_view.py", "check_strong_view")
 
 
 def test_cpu_against_cpu_compares_every_value() -> None:

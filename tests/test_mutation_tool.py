@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 SOURCE = '''"""A docstring with 1 + 2 in it."""
 def f(x: int = 3) -> float:
@@ -18,13 +18,8 @@ def f(x: int = 3) -> float:
 
 @pytest.fixture(scope="module")
 def mutation():
-    path = Path(__file__).resolve().parents[1] / "tools" / "mutation.py"
-    spec = importlib.util.spec_from_file_location("figkd_mutation_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield load_script("tools/mutation.py", "figkd_mutation_tool")
+    del sys.modules["figkd_mutation_tool"]
 
 
 def test_every_operator_constant_and_condition_is_mutated_once(mutation) -> None:
