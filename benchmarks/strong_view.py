@@ -45,7 +45,9 @@ def per_image_pairs(cache: data.TensorImageCache, preset: str, batch: int,
             yield torch.stack([w for w, _ in views]), torch.stack([s for _, s in views])
 
 
-def rate(batches: Iterator[tuple[Any, ...]], images: int, batch: int, device: torch.device) -> float:
+def rate(
+    batches: Iterator[tuple[Any, ...]], images: int, batch: int, device: torch.device
+) -> float:
     """Images per second over ``images`` images, after one warm-up batch."""
     next(batches)
     if device.type == "cuda":

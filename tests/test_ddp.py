@@ -29,7 +29,9 @@ def _run_torchrun(nproc: int, out: Path) -> subprocess.CompletedProcess:
         __file__,
         str(out),
     ]
-    return subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        command, check=False, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_two_process_gloo_matches_one_process(tmp_path: Path) -> None:

@@ -28,7 +28,9 @@ def test_two_ranks_keep_student_and_connectors_identical(method: str, tmp_path: 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", __file__, str(tmp_path), method, str(teacher)]
-    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        command, check=False, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["loss"], "the loss has trainable parameters"

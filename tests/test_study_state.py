@@ -183,7 +183,8 @@ def test_unchanged_files_are_kept_not_resent_and_the_mirror_resolves_them(
 
     report = state.import_state(tmp_path / "b2", mirror, say=lambda _: None)
     assert len(report.taken) == 2 and len(report.kept_local) == 1  # students newer, teacher same
-    assert [r.status for r in (state.describe_run(d, mirror) for d in state.find_run_dirs(mirror))] == ["finished"] * 3
+    runs = [state.describe_run(d, mirror) for d in state.find_run_dirs(mirror)]
+    assert [r.status for r in runs] == ["finished"] * 3
     assert not list(mirror.rglob("last.pt"))  # finished students carry no checkpoint
     assert len(list(mirror.rglob("teacher.pt"))) == 1
 

@@ -930,7 +930,9 @@ def most_epochs_left_first(jobs: Sequence[Job]) -> list[Job]:
     return sorted(jobs, key=lambda job: left[job.run_dir], reverse=True)  # stable
 
 
-def run_study(study: Study, say: Printer = print, gpus: Sequence[str] | None = None) -> dict[str, Any]:
+def run_study(
+    study: Study, say: Printer = print, gpus: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Teachers and the teacher-free students first; each teacher's distilled students join
     the queue as soon as it is ready.  Returns the manifest written to study.json.
 

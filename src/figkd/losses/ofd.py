@@ -70,7 +70,9 @@ def partial_l2(student: Tensor, teacher: Tensor, margin: Tensor) -> Tensor:
     return sq.sum() / student.shape[0]
 
 
-def _locate_bn_outputs(model: nn.Module, example_input: Tensor) -> tuple[dict[str, Any], list[Tensor]]:
+def _locate_bn_outputs(
+    model: nn.Module, example_input: Tensor
+) -> tuple[dict[str, Any], list[Tensor]]:
     """Run ``forward_features`` with hooks on every BatchNorm2d; map output tensor id -> BN."""
     outputs: dict[int, nn.BatchNorm2d] = {}
     keep: list[Tensor] = []  # keep outputs alive so ids stay unique
