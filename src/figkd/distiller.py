@@ -23,12 +23,12 @@ plain logit path unchanged.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from figkd.models.base import Features, ZooModel
+from figkd.models.base import zoo_model
 
 
 def num_views(loss: nn.Module) -> int:
@@ -45,11 +45,6 @@ def _plain(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def _forward_features(model: nn.Module, images: Tensor) -> Features:
-    """``model.forward_features``; :class:`Distiller` checks up front that the student has it."""
-    return cast(ZooModel, model).forward_features(images)
-
-
 class FeatureOutput(nn.Module):
     """Makes ``forward`` return ``model.forward_features(x)``.
 
@@ -62,7 +57,7 @@ class FeatureOutput(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Any:
-        return _forward_features(self.model, x)
+        return zoo_model(self.model).forward_features(x)
 
 
 def features_view(student: nn.Module, loss: nn.Module) -> nn.Module:
@@ -183,7 +178,7 @@ class Distiller(nn.Module):
     def _student_features(self, images: Tensor) -> Any:
         if isinstance(_plain(self.student), FeatureOutput):
             return self.student(images)  # DDP / compile wrap a FeatureOutput: go through forward
-        return _forward_features(self.student, images)
+        return zoo_model(self.student).forward_features(images)
 
     @torch.no_grad()
     def teacher_features(self, images: Tensor) -> Any:
@@ -193,7 +188,7 @@ class Distiller(nn.Module):
                 f"loss {type(self.loss).__name__} needs a teacher but none was given: set "
                 "teacher.name and teacher.checkpoint"
             )
-        return _forward_features(self.teacher, images)
+        return zoo_model(self.teacher).forward_features(images)
 
     def _forward_with_context(
         self,

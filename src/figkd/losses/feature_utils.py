@@ -11,23 +11,13 @@ no stem entry, so its hint indices are ours minus one.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from figkd.models.base import ZooModel
-
-
-def zoo_model(model: nn.Module) -> ZooModel:
-    """``model`` typed as a zoo model, to call ``forward_features`` / ``classifier_name``.
-
-    Only for the type checker (``nn.Module.__getattr__`` types any other attribute as
-    ``Tensor | Module``); nothing is checked, so any module with those methods works.
-    """
-    return cast("ZooModel", model)
+from figkd.models.base import zoo_model
 
 
 @torch.no_grad()

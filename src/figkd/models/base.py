@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import ClassVar, Literal, TypedDict
+from typing import ClassVar, Literal, TypedDict, cast
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,15 @@ class PreactBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.activate(self.preact(x))
+
+
+def zoo_model(model: nn.Module) -> ZooModel:
+    """``model`` typed as a zoo model, to call ``forward_features`` / ``classifier_name``.
+
+    Only for the type checker (``nn.Module.__getattr__`` types any other attribute as
+    ``Tensor | Module``); nothing is checked, so any module with those methods works.
+    """
+    return cast(ZooModel, model)
 
 
 class StagedModel(ZooModel):
