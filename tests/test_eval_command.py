@@ -95,6 +95,47 @@ def test_data_root_shortcut_is_where_the_dataset_is_looked_for(
     assert f"{missing} (missing)" in _error(capsys)
 
 
+def test_a_checkpoint_without_a_data_folder_takes_its_run_folders(
+    fake_cifar100: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A study's ``teacher.pt`` keeps no paths (its bytes must not depend on where it was
+    trained); evaluated in its run folder, it reads the data the run's config.yaml names."""
+    from conftest import tiny_run_overrides
+
+    from figkd.analysis.study import teacher_weights
+
+    argv = ["train", "configs/cifar100/teacher/resnet32x4.yaml", "model.name=tiny_cnn",
+            "model.args={width: 4}", *tiny_run_overrides(fake_cifar100),
+            f"output_dir={tmp_path}", "experiment=teacher"]
+    assert main(argv) == 0
+    run = tmp_path / "teacher" / "seed0"
+    portable = teacher_weights(run)
+    assert load_weights_only(portable)["config"]["data"]["root"] is None
+    capsys.readouterr()
+    assert main(["eval", str(portable), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        f"figkd eval: data.root={fake_cifar100} (from {run.resolve() / 'config.yaml'})"
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert json.loads(captured.out)["top1"] == pytest.approx(summary["final"]["test"]["top1"])
+    # --data-root still wins, and outside a run folder nothing is guessed
+    missing = tmp_path / "elsewhere"
+    assert main(["eval", str(portable), "--data-root", str(missing)]) == 2
+    assert f"{missing} (missing)" in _error(capsys)
+    loose = tmp_path / "teacher.pt"
+    loose.write_bytes(portable.read_bytes())
+    assert main(["eval", str(loose)]) == 2
+    error = _error(capsys)
+    assert "figkd eval: data.root=" not in error and "Set data.root=<folder>" in error
+    # a run folder whose config names another dataset lends nothing
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("dataset: cifar100", "dataset: digits"))
+    assert main(["eval", str(portable)]) == 2
+    error = _error(capsys)
+    assert "figkd eval: data.root=" not in error and "Set data.root=<folder>" in error
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_device_shortcut_reaches_the_config(
     trained: Path, capsys: pytest.CaptureFixture[str]

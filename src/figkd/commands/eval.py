@@ -6,14 +6,21 @@
 
 Checkpoints written by figkd carry their config, so nothing else is needed;
 for other files name the architecture (``--model``) and the dataset.  Extra
-``key=value`` overrides (or a config file) adjust the data settings.
+``key=value`` overrides (or a config file) adjust the data settings.  A
+checkpoint whose config holds no data folder (a study's ``teacher.pt`` keeps no
+paths, so that its bytes do not depend on where it was trained) takes it from
+the ``config.yaml`` of the run folder it sits in.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from figkd.cli import Command
 from figkd.commands.train import HelpFormatter, split_items
@@ -66,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     shortcuts += [f"data.root={args.data_root}"] if args.data_root else []
     shortcuts += [f"train.device={args.device}"] if args.device else []
     data = apply_overrides(data, [*overrides, *shortcuts])
+    data = _with_run_data_root(data, Path(args.checkpoint))
     if "model" not in data and not args.model:
         raise ValueError(
             f"{args.checkpoint} records no config: name the architecture with --model "
@@ -108,6 +116,23 @@ def run(args: argparse.Namespace) -> int:
             f"top-5 {metrics['top5']:.2f}  loss {metrics['loss']:.4f}"
         )
     return 0
+
+
+def _with_run_data_root(data: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+    """``data`` with ``data.root`` from the run folder's ``config.yaml`` when the checkpoint
+    (``<run>/checkpoints/<file>``) names no folder and the run trained on the same dataset."""
+    section = data.get("data")
+    if not isinstance(section, dict) or section.get("root") is not None:
+        return data
+    run_config = checkpoint.resolve().parent.parent / "config.yaml"
+    if checkpoint.resolve().parent.name != "checkpoints" or not run_config.is_file():
+        return data
+    recorded = (yaml.safe_load(run_config.read_text()) or {}).get("data") or {}
+    root = recorded.get("root")
+    if root is None or recorded.get("dataset") != section.get("dataset"):
+        return data
+    print(f"figkd eval: data.root={root} (from {run_config})", file=sys.stderr)
+    return {**data, "data": {**section, "root": root}}
 
 
 COMMAND = Command(
