@@ -148,6 +148,25 @@ def test_table_mean_and_sample_std_by_hand(tmp_path: Path) -> None:
     assert S.collect(tmp_path / "absent", "x") is None
 
 
+def test_delta_is_paired_by_seed_when_two_or_more_seeds_are_shared() -> None:
+    ce = S.Result("CE", "ce", [0, 1, 2], [60.0, 64.0, 62.0], [], [])
+    # per seed +1, +2, +6 (the means differ by 3): mean 3, deviations -2, -1, 3,
+    # sample variance (4 + 1 + 9) / 2 = 7
+    kd = S.Result("KD", "kd", [0, 1, 2], [61.0, 66.0, 68.0], [], [])
+    assert S.paired_delta(kd, ce) == f"+3.00 ± {math.sqrt(7):.2f}"
+    # only the shared seeds pair: seed 3 has no CE run; seeds 1, 2 give +2, +6
+    extra = S.Result("DKD", "dkd", [1, 2, 3], [66.0, 68.0, 90.0], [], [])
+    assert S.paired_delta(extra, ce) == f"+4.00 ± {math.sqrt(8):.2f}"
+    # one shared seed: the difference of the means, as before
+    lone = S.Result("DIST", "dist", [2, 3], [70.0, 80.0], [], [])
+    assert S.paired_delta(lone, ce) == "+13.00"
+    worse = S.Result("X", "x", [0, 1], [59.0, 64.0], [], [])
+    assert S.paired_delta(worse, ce) == f"-0.50 ± {math.sqrt(0.5):.2f}"
+    table = S.results_table([ce, kd, lone], "CE", "CE")
+    assert f"| KD | 3 | 65.00 ± 3.61 | – | +3.00 ± {math.sqrt(7):.2f} | – |" in table
+    assert "| CE | 3 | 62.00 ± 2.00 | – |  | – |" in table
+
+
 # --------------------------------------------------------------------------- running
 
 

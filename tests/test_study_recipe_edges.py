@@ -17,6 +17,9 @@ import pytest
 from figkd.analysis import study as S
 from figkd.data import synthetic
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 # --------------------------------------------------------------------------- tiers
 
 
@@ -34,6 +37,64 @@ def test_smoke_tier_is_the_documented_size() -> None:
     # 150/180/210 of 240 at 6 epochs: 3.75, 4.5, 5.25 -> 3, 4, 5; at 10: 6.25, 7.5, 8.75
     # -> 6, 7, 8 (the same document: "after epochs 3, 4, 5", "after 6, 7, 8")
     assert smoke.milestones == [3, 4, 5] and smoke.teacher_milestones == [6, 7, 8]
+
+
+def test_cpu_tier_is_the_documented_size(tmp_path: Path) -> None:
+    # docs/results/cpu_tiny_imagenet.md: "100 train (90 + 10 validation) + 50 test images per
+    # class ... resnet20 -> resnet8, 15 epochs (teacher 24)", 2 runs at a time, 1 thread each
+    cpu = S.TIERS["cpu"]
+    assert (cpu.epochs, cpu.teacher_epochs) == (15, 24)
+    assert (cpu.train_per_class, cpu.test_per_class, cpu.val_fraction) == (100, None, 0.1)
+    assert [(p.teacher, p.student) for p in cpu.pairs] == [("resnet20", "resnet8")]
+    assert (cpu.parallel, cpu.threads, cpu.num_workers, cpu.gpu) == (2, 1, 0, False)
+    # 150/180/210 of 240 at 15 epochs: 9.4, 11.25, 13.1; at 24: 15, 18, 21
+    assert cpu.milestones == [9, 11, 13] and cpu.teacher_milestones == [15, 18, 21]
+    study = S.plan_study(cpu, tmp_path, tmp_path, device="cpu", write=False)
+    jobs = S.student_jobs(study, {p.name: "0" * 64 for p in cpu.pairs}, write=False)
+    assert {(j.config.train.epochs, j.config.data.batch_size) for j in jobs} == {(15, 64)}
+    assert (study.parallel, study.threads) == (2, 1)
+
+
+def test_cpu_tier_takes_the_thin_resnet_configs_loss_options(tmp_path: Path) -> None:
+    # resnet20 -> resnet8 has no tuned values: DKD's beta and KD + LS's (tau, weight) come from
+    # the nearest thin-ResNet pair with a config, resnet110 -> resnet32
+    from figkd.config import load_config
+
+    study = S.plan_study(S.TIERS["cpu"], tmp_path, tmp_path, device="cpu", write=False)
+    jobs = {
+        j.method.name: j.config
+        for j in S.student_jobs(study, {"resnet20_resnet8": "0" * 64}, write=False)
+        if j.seed == 0 and j.method is not None
+    }
+    configs = REPO / "configs" / "cifar100"
+    for method, options in (("dkd", ("beta",)), ("kd_ls", ("temperature", "kd_weight"))):
+        want = load_config(configs / method / "resnet110_resnet32.yaml").loss.args
+        assert {k: jobs[method].loss.args[k] for k in options} == {k: want[k] for k in options}
+    assert jobs["dkd"].loss.args["beta"] == 2.0 and jobs["kd_ls"].loss.args["temperature"] == 2.0
+
+
+def test_tier_overrides_come_before_the_command_lines_and_leave_keys_alone(
+    tmp_path: Path,
+) -> None:
+    cpu = S.TIERS["cpu"]
+    assert cpu.overrides == ("teacher.cache=auto",)
+    study = S.plan_study(cpu, tmp_path, tmp_path, device="cpu", write=False)
+    teacher = next(iter(study.teachers.values()))
+    jobs = S.student_jobs(study, {"resnet20_resnet8": "0" * 64}, write=False)
+    assert {j.config.teacher.cache for j in jobs} == {"auto"}
+    # the command line's override wins over the tier's
+    mine = S.plan_study(cpu, tmp_path, tmp_path, device="cpu", write=False,
+                        overrides=["teacher.cache=none"])
+    assert mine.overrides == ["teacher.cache=auto", "teacher.cache=none"]
+    mine_jobs = S.student_jobs(mine, {"resnet20_resnet8": "0" * 64}, write=False)
+    assert {j.config.teacher.cache for j in mine_jobs} == {"none"}
+    # an execution key: the teacher's folder (its config key) is the same without it
+    bare = dataclasses.replace(cpu, overrides=())
+    plain = S.plan_study(bare, tmp_path, tmp_path, device="cpu", write=False)
+    assert next(iter(plain.teachers.values())).config.experiment == teacher.config.experiment
+    for tier in S.TIERS.values():  # every tier's overrides are execution keys only
+        for item in tier.overrides:
+            assert item.split("=")[0].startswith(S._EXECUTION_KEYS), (tier.name, item)
 
 
 def test_paper_tier_teachers_follow_the_paper_schedule() -> None:
