@@ -123,11 +123,13 @@ def test_a_checkpoint_without_a_data_folder_takes_its_run_folders(
     missing = tmp_path / "elsewhere"
     assert main(["eval", str(portable), "--data-root", str(missing)]) == 2
     assert f"{missing} (missing)" in _error(capsys)
-    loose = tmp_path / "teacher.pt"
-    loose.write_bytes(portable.read_bytes())
-    assert main(["eval", str(loose)]) == 2
-    error = _error(capsys)
-    assert "figkd eval: data.root=" not in error and "Set data.root=<folder>" in error
+    for loose in (tmp_path / "teacher.pt", run / "exported" / "teacher.pt"):
+        # the second one's grandparent is the run folder, but it is no checkpoints/ file
+        loose.parent.mkdir(exist_ok=True)
+        loose.write_bytes(portable.read_bytes())
+        assert main(["eval", str(loose)]) == 2
+        error = _error(capsys)
+        assert "figkd eval: data.root=" not in error and "Set data.root=<folder>" in error
     # a run folder whose config names another dataset lends nothing
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("dataset: cifar100", "dataset: digits"))

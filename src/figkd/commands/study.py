@@ -184,7 +184,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--parallel",
         type=int,
-        help="runs at a time, each a subprocess (tier default: smoke 1, short/paper 4)",
+        help="runs at a time, each a subprocess (tier default: "
+        + ", ".join(f"{tier.name} {tier.parallel}" for tier in S.TIERS.values())
+        + ")",
     )
     parser.add_argument(
         "--gpus", nargs="+", metavar="ID", help="spread parallel runs over these CUDA devices"
