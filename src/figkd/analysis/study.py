@@ -261,7 +261,7 @@ TIERS: dict[str, Tier] = {
         parallel=2,
         threads=1,
         # the 6 distilled methods of a seed share one teacher pass per epoch instead of one
-        # each (measured: a 1-epoch KD run 24 s live, 14.5 s from the cache; 278 MB on disk)
+        # each (docs/results/cpu_tiny_imagenet.md, "Cost": 278 MB on disk; KD as fast as CE)
         overrides=("teacher.cache=auto",),
     ),
     "short": Tier(
