@@ -31,13 +31,15 @@ lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet "$(RUFF)"
 	$(BIN)/python -m ruff check src tests benchmarks tools
 
-# mypy on the package and tools, then benchmarks (a module name both use: two runs); pinned
-# with the stubs it reads (config in pyproject.toml; CI runs it)
+# mypy on the package and tools, then benchmarks, then tests (module names they share: three
+# runs; tests' bodies are checked but their helpers and test functions need no annotations);
+# pinned with the stubs it reads (config in pyproject.toml; CI runs it)
 MYPY := mypy==2.4.1 types-PyYAML==6.0.12.20261122 types-tqdm==4.70.0.20261106
 typecheck: $(STAMP)
 	$(BIN)/python -m pip install --quiet $(MYPY)
 	$(BIN)/python -m mypy
 	$(BIN)/python -m mypy benchmarks
+	$(BIN)/python -m mypy tests --allow-untyped-defs --allow-incomplete-defs --allow-any-generics
 
 # each target rewrites the files README's Speed table cites, with the commands recorded in them
 bench: $(STAMP)

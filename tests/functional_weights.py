@@ -55,7 +55,7 @@ def check_features(model: ZooModel, x: Tensor, ref: Features) -> None:
         logits = model(x)
     close(logits, ref["logits"])
     for key in ("logits", "embedding", "pooled_map", "stem"):
-        close(feats[key], ref[key])  # type: ignore[literal-required]
+        close(feats[key], ref[key])
     assert len(feats["stages"]) == len(ref["stages"])
     assert len(feats["preact_stages"]) == len(ref["preact_stages"])
     for ours, theirs in zip(feats["stages"], ref["stages"], strict=True):

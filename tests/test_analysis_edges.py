@@ -23,8 +23,10 @@ import numpy as np
 import pytest
 import pywt
 import torch
+from matplotlib.collections import PathCollection
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from PIL import Image
 from torch import nn
 
@@ -72,6 +74,12 @@ class TableSplit:
 
 def _run(path: Path, split: TableSplit, logits: np.ndarray, embedding: Any = None) -> LoadedRun:
     return LoadedRun(path, None, TableModel(logits, embedding), split)  # type: ignore[arg-type]
+
+
+def _table(run: LoadedRun) -> TableModel:
+    """The table model of a run made by ``_run``."""
+    assert isinstance(run.model, TableModel)
+    return run.model
 
 
 class FigureRecorder:
@@ -134,7 +142,9 @@ class Drawn:
     """One ``frequency_figure`` call on the three rows (test image 3), shared by the tests
     of its record and its two figures: rows, written paths, figures by file name."""
 
-    def __init__(self, rows: dict[str, LoadedRun], paths: dict[str, Path], saved: dict):
+    def __init__(
+        self, rows: dict[str, LoadedRun], paths: dict[str, Path], saved: dict[str, Figure]
+    ):
         self.rows, self.paths, self.figures = rows, paths, saved
         self.arrays = np.load(paths["npz"])
         self.record = json.loads(paths["json"].read_text())
@@ -203,9 +213,9 @@ def test_frequency_record_matches_pywavelets_and_numpy(drawn: Drawn) -> None:
     assert record["grid"] == [3, 2]
     assert int(arrays["label"]) == 3 and int(arrays["sample"]) == 3
     labels = np.asarray(TARGETS5)
-    teacher_all = three_rows["teacher"].model.logits.numpy()
+    teacher_all = _table(three_rows["teacher"]).logits.numpy()
     for name, run in three_rows.items():
-        table = run.model.logits.numpy()
+        table = _table(run).logits.numpy()
         parts_all = [_pywt_parts(row, GRID5) for row in table]
         want = parts_all[3]
         info = record["models"][name]
@@ -285,8 +295,11 @@ def test_sample_must_lie_in_the_test_split(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ frequency: the drawing
 
 
-def _text(artist: Any) -> str:
-    return artist.get_text() if artist is not None else ""
+def _suptitle(figure: Figure) -> Text:
+    """The figure's suptitle artist (matplotlib keeps it in the private ``_suptitle``)."""
+    title = getattr(figure, "_suptitle", None)
+    assert isinstance(title, Text), "the figure has no suptitle"
+    return title
 
 
 def test_frequency_png_draws_the_saved_bands_on_shared_scales(drawn: Drawn) -> None:
@@ -301,15 +314,15 @@ def test_frequency_png_draws_the_saved_bands_on_shared_scales(drawn: Drawn) -> N
     grid = np.asarray(axes).reshape(3, 5)
     columns = ("map", *frequency.BANDS)
     names = list(three_rows)
-    drawn = {
+    want_maps = {
         name: {
-            "map": _padded_map(three_rows[name].model.logits.numpy()[3], GRID5),
-            **_pywt_parts(three_rows[name].model.logits.numpy()[3], GRID5),
+            "map": _padded_map(_table(three_rows[name]).logits.numpy()[3], GRID5),
+            **_pywt_parts(_table(three_rows[name]).logits.numpy()[3], GRID5),
         }
         for name in names
     }
     for j, column in enumerate(columns):
-        values = np.stack([drawn[n][column] for n in names])
+        values = np.stack([want_maps[n][column] for n in names])
         if column in ("map", "LL"):
             want_clim, want_cmap = (values.min(), values.max()), "viridis"
         else:
@@ -317,20 +330,20 @@ def test_frequency_png_draws_the_saved_bands_on_shared_scales(drawn: Drawn) -> N
             want_clim, want_cmap = (-limit, limit), "RdBu_r"
         for i, name in enumerate(names):
             image = grid[i, j].images[0]
-            np.testing.assert_allclose(image.get_array(), drawn[name][column], atol=1e-12)
+            np.testing.assert_allclose(image.get_array(), want_maps[name][column], atol=1e-12)
             np.testing.assert_allclose(image.get_clim(), want_clim, rtol=0, atol=1e-12)
             assert image.get_cmap().name == want_cmap
             title = "logit map" if column == "map" else column
             assert grid[i, j].get_title() == (title if i == 0 else "")
             info = record["models"][name]
-            label = f"{name}\npred {int(np.argmax(three_rows[name].model.logits.numpy()[3]))}"
+            label = f"{name}\npred {int(np.argmax(_table(three_rows[name]).logits.numpy()[3]))}"
             if name != "teacher":
                 label += f"\ndetail dist {info['detail_distance_to_reference']:.3g}"
             assert grid[i, j].get_ylabel() == (label if j == 0 else "")
             if j == 0:
                 assert grid[i, j].yaxis.label.get_fontsize() == 9
-    assert "test image 3 (class 3: three), haar DWT" in _text(figure._suptitle)
-    assert figure._suptitle.get_fontsize() == 10
+    assert "test image 3 (class 3: three), haar DWT" in _suptitle(figure).get_text()
+    assert _suptitle(figure).get_fontsize() == 10
     assert _png_size(paths["png"]) == (round(2.6 * 5 * 110), round(2.5 * 3 * 110))
 
 
@@ -360,7 +373,7 @@ def test_components_png_draws_logits_low_and_high_as_bars(drawn: Drawn) -> None:
     grid = np.asarray(figure.axes).reshape(3, 3)
     red, grey = to_rgba("tab:red"), to_rgba("tab:gray")
     for i, name in enumerate(three_rows):
-        logits = three_rows[name].model.logits.numpy()[3]
+        logits = _table(three_rows[name]).logits.numpy()[3]
         parts = _pywt_parts(logits, GRID5)
         info = record["models"][name]
         top1 = {"logits": info["test_top1"], "low": info["test_top1_low_only"],
@@ -384,8 +397,8 @@ def test_components_png_draws_logits_low_and_high_as_bars(drawn: Drawn) -> None:
             assert ax.title.get_fontsize() == 9
             assert ax.get_xlabel() == ("class" if i == 2 else "")
             assert ax.get_shared_x_axes().joined(ax, grid[0, 0])
-    assert "test image 3 (true class 3: three, red)" in _text(figure._suptitle)
-    assert figure._suptitle.get_fontsize() == 10
+    assert "test image 3 (true class 3: three, red)" in _suptitle(figure).get_text()
+    assert _suptitle(figure).get_fontsize() == 10
     assert _png_size(paths["components_png"]) == (13 * 110, round(2.4 * 3 * 110))
 
 
@@ -475,7 +488,7 @@ def test_tsne_figure_saves_the_picked_rows_and_sklearns_maps(
     }
     figure = recorder.saved["tsne.png"]
     for ax, (name, run) in zip(figure.axes, runs.items(), strict=True):
-        rows = run.model.embedding.numpy()[picked]
+        rows = _table(run).embedding.numpy()[picked]
         np.testing.assert_array_equal(arrays[f"{name}__embedding"], rows)
         want = _sklearn_tsne(rows, 5.0 / 3.0, seed=2)
         np.testing.assert_allclose(arrays[f"{name}__tsne"], want, rtol=0, atol=1e-6)
@@ -483,13 +496,15 @@ def test_tsne_figure_saves_the_picked_rows_and_sklearns_maps(
         assert record["models"][name]["silhouette"] == pytest.approx(score, rel=1e-12)
         assert record["models"][name]["run_dir"] == str(tmp_path / name)
         (points,) = ax.collections
-        np.testing.assert_allclose(points.get_offsets(), want, rtol=0, atol=1e-6)
-        assert points.get_array().tolist() == [targets[i] for i in picked]
+        assert isinstance(points, PathCollection)  # what scatter draws
+        np.testing.assert_allclose(np.asarray(points.get_offsets()), want, rtol=0, atol=1e-6)
+        colours = points.get_array()
+        assert colours is not None and colours.tolist() == [targets[i] for i in picked]
         assert points.get_cmap().name == "tab10" and points.get_clim() == (0, 9)
         assert points.get_sizes().tolist() == [8]
         assert ax.get_title() == f"{name} (silhouette {score:.3f})"
-    assert "6 test images of the first 3 classes" in _text(figure._suptitle)
-    assert figure._suptitle.get_fontsize() == 10
+    assert "6 test images of the first 3 classes" in _suptitle(figure).get_text()
+    assert _suptitle(figure).get_fontsize() == 10
     assert _png_size(paths["png"]) == (round(4.2 * 2 * 110), round(4.2 * 110))
 
 
@@ -506,7 +521,8 @@ def test_tsne_colours_wrap_on_tab20_beyond_ten_classes(
     assert np.isnan(json.loads(paths["json"].read_text())["models"]["figkd"]["silhouette"])
     (points,) = recorder.saved["tsne.png"].axes[0].collections
     assert points.get_cmap().name == "tab20" and points.get_clim() == (0, 19)
-    assert points.get_array().tolist() == targets
+    colours = points.get_array()
+    assert colours is not None and colours.tolist() == targets
 
 
 def test_tsne_defaults_are_the_clis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -542,7 +558,7 @@ def test_tsne_needs_three_images_and_two_classes_for_a_silhouette(tmp_path: Path
     paths = tsne.tsne_figure(runs, tmp_path, classes=2, per_class=3)
     record = json.loads(paths["json"].read_text())
     for name, run in runs.items():
-        want = silhouette_score(run.model.embedding.numpy(), [0, 0, 0, 1])
+        want = silhouette_score(_table(run).embedding.numpy(), [0, 0, 0, 1])
         assert record["models"][name]["silhouette"] == pytest.approx(float(want), rel=1e-12)
 
 
@@ -554,7 +570,8 @@ def test_forward_all_keeps_the_order_of_the_indices_across_batches() -> None:
     logits = np.arange(15, dtype=np.float64).reshape(5, 3)
     embedding = -np.arange(10, dtype=np.float64).reshape(5, 2)
     split = TableSplit([3, 1, 4, 1, 5], ["x"] * 6)
-    result = forward_all(TableModel(logits, embedding), split, [4, 2, 0, 3, 1], batch_size=2)
+    table = TableModel(logits, embedding)  # a stand-in: forward_all reads forward_features only
+    result = forward_all(table, split, [4, 2, 0, 3, 1], batch_size=2)  # type: ignore[arg-type]
     order = [4, 2, 0, 3, 1]
     np.testing.assert_array_equal(result["logits"], logits[order])
     np.testing.assert_array_equal(result["embedding"], embedding[order])

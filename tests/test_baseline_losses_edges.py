@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from figkd.losses import build_loss
+from figkd.losses.dml import DMLLoss
 from figkd.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -178,8 +179,10 @@ def test_dml_student_ce_term_and_defaults() -> None:
     torch.manual_seed(4)
     student = create_model("tiny_cnn", num_classes=5, in_channels=1, width=2)
     loss = build_loss("dml", ce_weight=0.4, kl_weight=2.0, temperature=3.0)
+    assert isinstance(loss, DMLLoss)
     x, y = torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 3, 4, 0])
     loss.setup(student, None, example_input=x, num_train_samples=6)
+    assert loss.peer is not None
     zs = student(x)
     terms = loss(zs, None, y, images=x)
     zp = _np(loss.peer(x))
@@ -194,7 +197,9 @@ def test_dml_builds_the_peer_on_the_students_device() -> None:
     # the student's device wins over the example input's: a meta-device student gets a meta peer
     student = create_model("tiny_cnn", num_classes=5, in_channels=1, width=2).to("meta")
     loss = build_loss("dml")
+    assert isinstance(loss, DMLLoss)
     loss.setup(student, None, example_input=torch.randn(2, 1, 8, 8), num_train_samples=2)
+    assert loss.peer is not None
     assert {p.device.type for p in loss.peer.parameters()} == {"meta"}
 
 

@@ -242,7 +242,7 @@ def test_boundary_settings_are_accepted() -> None:
     for kwargs in ({"num_ops": 0}, {"max_magnitude": 1}, {"prob": 0.0}, {"prob": 1.0},
                    {"cutout": 0.0}, {"cutout_fill": 0, "fill": 0},
                    {"cutout_fill": 255, "fill": 255}):
-        augment = BatchRandAugment(**kwargs)  # type: ignore[arg-type]
+        augment = BatchRandAugment(**kwargs)
         out = augment(images, torch.Generator().manual_seed(0))
         assert out.shape == images.shape
     still = BatchRandAugment(prob=0.0, cutout=0.0)(images, torch.Generator().manual_seed(0))

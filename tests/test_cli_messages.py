@@ -14,7 +14,7 @@ from figkd.cli import main
 from figkd.config import ConfigError, load_config
 from figkd.engine import load_teacher
 from figkd.losses import build_loss
-from figkd.models import CheckpointMismatchError, create_model, load_checkpoint
+from figkd.models import CheckpointMismatchError, ZooModel, create_model, load_checkpoint
 from figkd.models.checkpoint import file_sha256
 
 #: a distill run on digits that fails (or finishes) in seconds on one CPU thread
@@ -31,7 +31,7 @@ DIGITS = [
 ]
 
 
-def _tiny(num_classes: int = 10, width: int = 4) -> torch.nn.Module:
+def _tiny(num_classes: int = 10, width: int = 4) -> ZooModel:
     return create_model("tiny_cnn", num_classes=num_classes, in_channels=1, width=width)
 
 

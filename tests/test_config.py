@@ -58,6 +58,7 @@ def test_distill_configs_point_at_a_teacher_config_of_the_same_model() -> None:
         cfg = load_config(path, validate=False)
         if cfg.teacher.name is None:
             continue
+        assert cfg.teacher.checkpoint is not None, path
         dataset = path.relative_to(CONFIGS).parts[0]
         # runs/<d>/teacher/<name>/seed0/...; TAKD students: runs/<d>/takd_assistant/<name>/seed0/...
         source = Path(cfg.teacher.checkpoint).parts[2]
@@ -73,7 +74,7 @@ def test_distill_configs_point_at_a_teacher_config_of_the_same_model() -> None:
 
 
 def test_paper_numbers_spot_checks() -> None:
-    def paper(rel: str) -> tuple[float, int]:
+    def paper(rel: str) -> tuple[float | None, int | None]:
         cfg = load_config(CONFIGS / rel)
         return cfg.paper.top1, cfg.paper.table
 

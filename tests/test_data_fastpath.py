@@ -57,6 +57,7 @@ def test_cache_is_decoded_once_reused_and_invalidated(tmp_path, monkeypatch):
     # Keyed by split and size, and by the file list: a changed dataset gets a new file.
     small = data.build_uint8_cache("tiny-imagenet", root=folder, split="test", size=32,
                                    cache_dir=store)
+    assert small.path is not None  # built with a cache_dir: the cache has a file
     assert small.images.shape == (6, 3, 32, 32) and "test-32px" in small.path.name
     Image.new("RGB", (64, 64)).save(folder / "train" / dataset.classes[0] / "images" / "extra.JPEG")
     grown = data.build_uint8_cache("tiny-imagenet", root=folder, cache_dir=store)

@@ -39,7 +39,9 @@ def _png(path: Path, ident: int) -> None:
 
 def _ident(image: Image.Image) -> int:
     """The id :func:`_png` wrote into the image."""
-    red, green, blue = image.getpixel((0, 0))
+    pixel = image.getpixel((0, 0))
+    assert isinstance(pixel, tuple), "not an RGB image"
+    red, green, blue = pixel
     assert (green, blue) == (255 - red, 77), "not an image written by _png"
     return int(red)
 

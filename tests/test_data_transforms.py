@@ -32,6 +32,7 @@ def test_presets_give_the_paper_sizes(preset, size, out):
 def test_preset_pipelines_match_the_recipes():
     names = lambda t: [type(s).__name__ for s in t.transforms]
     cifar = data.build_transforms("cifar", train=True)
+    assert isinstance(cifar, T.Compose)
     assert names(cifar) == ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
     assert cifar.transforms[0].padding == 4
     assert cifar.transforms[-1].mean == data.transforms.CIFAR100_MEAN
@@ -43,6 +44,7 @@ def test_preset_pipelines_match_the_recipes():
     fg = data.build_transforms("fine-grained-224", train=True)
     assert names(fg) == ["RandomResizedCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
     fg_test = data.build_transforms("fine-grained-224", train=False)
+    assert isinstance(fg_test, T.Compose)
     assert names(fg_test) == ["Resize", "CenterCrop", "ToTensor", "Normalize"]
     assert fg_test.transforms[0].size == 256 and fg_test.transforms[1].size == (224, 224)
     with pytest.raises(ValueError, match="fine-grained-224"):

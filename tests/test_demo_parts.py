@@ -123,6 +123,7 @@ def test_progress_bar_counts_epochs_and_names_the_run(monkeypatch: pytest.Monkey
     update = progress.callback("kd")
     update(1, EpochRecord(1, 2, {"test": {"top1": 50.0}}))
     update(1, EpochRecord(2, 2, {"test": {"top1": 93.456}}))
+    assert progress.bar is not None  # a terminal gets a bar
     progress.bar.refresh()
     drawn = terminal.getvalue()
     progress.close()

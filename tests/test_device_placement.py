@@ -52,7 +52,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from figkd.distiller import Distiller, TeacherLogitCache
-from figkd.losses import LOSSES, build_loss, figkd_loss
+from figkd.losses import LOSSES, DistillationLoss, build_loss, figkd_loss
 from figkd.losses import diffkd as diffkd_module
 from figkd.models import create_model
 
@@ -211,7 +211,7 @@ def run_case(
     size: int = 8,
     train: bool = True,
     scalar_bool: bool = True,
-    build: Callable[..., nn.Module] = build_loss,
+    build: Callable[..., DistillationLoss] = build_loss,
 ) -> CudaPlacementGuard:
     """Setup, forward and backward of loss ``name`` with everything on meta, under the guard."""
     torch.manual_seed(0)

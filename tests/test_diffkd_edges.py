@@ -9,6 +9,7 @@ outputs. Small stub networks give the shapes; stub denoisers keep the sampler a 
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import torch
 from numpy_reference import as_numpy, np_bn_train, np_ce, np_conv1x1
 from torch import Tensor, nn
 
-from figkd.losses import build_loss
+from figkd.losses import DistillationLoss, build_loss
 from figkd.losses.diffkd import (
     Bottleneck,
     DiffKDLoss,
@@ -58,6 +59,9 @@ def _relu(x: np.ndarray) -> np.ndarray:
 def _np_bottleneck(x: np.ndarray, block: Bottleneck) -> np.ndarray:
     """x + BN(conv1x1(ReLU(BN(conv3x3(ReLU(BN(conv1x1(x)))))))) in training mode."""
     c1, b1, _, c2, b2, _, c3, b3 = block.body
+    assert isinstance(c1, nn.Conv2d) and isinstance(c2, nn.Conv2d) and isinstance(c3, nn.Conv2d)
+    assert isinstance(b1, nn.BatchNorm2d) and isinstance(b2, nn.BatchNorm2d)
+    assert isinstance(b3, nn.BatchNorm2d)
     h = _relu(np_bn_train(np_conv1x1(x, c1), b1))
     h = _relu(np_bn_train(_np_conv3x3(h, c2), b2))
     return x + np_bn_train(np_conv1x1(h, c3), b3)
@@ -90,15 +94,23 @@ def _randomise_bn(module: nn.Module, seed: int) -> None:
                 m.bias.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
 
 
+def _encoder_layers(ae: LinearAutoEncoder | None) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    """The AE encoder's 1x1 conv and BN (the AE must be on)."""
+    assert ae is not None
+    conv, bn = ae.encoder[0], ae.encoder[1]
+    assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+    return conv, bn
+
+
 # ----------------------------------------------------------------------------- stubs
 class _Net(nn.Module):
     """A "network" whose forward_features returns fixed tensors (setup reads only shapes)."""
 
-    def __init__(self, **features: object) -> None:
+    def __init__(self, **features: Any) -> None:
         super().__init__()
         self.features = features
 
-    def forward_features(self, x: Tensor) -> dict[str, object]:
+    def forward_features(self, x: Tensor) -> dict[str, Any]:
         return self.features
 
 
@@ -201,6 +213,8 @@ def test_feature_noise_predictor_is_two_bottlenecks_conv_and_bn() -> None:
     net = NoisePredictor(c, 20, kernel_size=3)
     _randomise_bn(net, 3)
     b1, b2, conv, bn = net.net
+    assert isinstance(b1, Bottleneck) and isinstance(b2, Bottleneck)
+    assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
     assert b1.body[0].out_channels == c // 4 and b2.body[0].out_channels == c // 4
     x, t = torch.randn(3, c, 4, 4), torch.tensor([5, 0, 19])
     h = as_numpy(x) + as_numpy(net.time_embedding.weight)[t.numpy()][:, :, None, None]
@@ -247,6 +261,7 @@ def test_noise_adapter_gamma_for_logits_and_for_feature_maps() -> None:
     big = NoiseAdapter(c, kernel_size=3)  # Bottleneck(C/8 wide), pool, linear
     _randomise_bn(big, 6)
     block = big.body[0]
+    assert isinstance(block, Bottleneck)
     assert block.body[0].out_channels == c // 8
     x = torch.randn(3, c, 4, 4)
     h = _np_bottleneck(as_numpy(x), block).mean(axis=(2, 3))
@@ -263,7 +278,8 @@ def test_autoencoder_latent_is_the_detached_target_and_the_reconstruction_its_lo
     _randomise_bn(branch.ae, 8)
     f_t = torch.randn(4, 5, 2, 2)
     target, rec = branch.teacher_target(f_t)
-    z = np_bn_train(np_conv1x1(as_numpy(f_t), branch.ae.encoder[0]), branch.ae.encoder[1])
+    enc_conv, enc_bn = _encoder_layers(branch.ae)
+    z = np_bn_train(np_conv1x1(as_numpy(f_t), enc_conv), enc_bn)
     want_rec = np.mean((np_conv1x1(z, branch.ae.decoder) - as_numpy(f_t)) ** 2)
     np.testing.assert_allclose(as_numpy(target), z, rtol=1e-4, atol=1e-5)
     assert not target.requires_grad and rec is not None
@@ -297,28 +313,34 @@ def _nets(
     return student, teacher
 
 
-def _setup(loss: DiffKDLoss, student: _Net, teacher: _Net) -> DiffKDLoss:
+def _setup(loss: DistillationLoss, student: _Net, teacher: _Net) -> DiffKDLoss:
+    assert isinstance(loss, DiffKDLoss)
     loss.setup(student, teacher, example_input=torch.zeros(4, 3, 8, 8), num_train_samples=8)
     return loss
+
+
+def _feature_branch(loss: DiffKDLoss) -> KnowledgeDiffusion:
+    assert loss.feature_branch is not None, "setup() builds the feature branch"
+    return loss.feature_branch
 
 
 def test_ae_width_defaults_to_half_the_teacher_channels_but_at_least_one() -> None:
     student, teacher = _nets(c_t=1)
     loss = _setup(build_loss("diffkd"), student, teacher)
-    assert loss.feature_branch.ae.encoder[0].out_channels == 1
+    assert _encoder_layers(_feature_branch(loss).ae)[0].out_channels == 1
     student, teacher = _nets(c_t=6)
     loss = _setup(build_loss("diffkd"), student, teacher)
-    assert loss.feature_branch.ae.encoder[0].out_channels == 3
+    assert _encoder_layers(_feature_branch(loss).ae)[0].out_channels == 3
     loss = _setup(build_loss("diffkd", ae_channels=4), student, teacher)
-    assert loss.feature_branch.ae.encoder[0].out_channels == 4
-    assert loss.feature_branch.connector.out_channels == 4  # the diffusion runs in the latent
+    assert _encoder_layers(_feature_branch(loss).ae)[0].out_channels == 4
+    assert _feature_branch(loss).connector.out_channels == 4  # the diffusion runs in the latent
 
 
 @pytest.mark.parametrize("stage, channels", [(0, 2), (1, 7), (-1, 7), (-2, 2)])
 def test_stage_picks_that_stage_of_the_student(stage: int, channels: int) -> None:
     student, teacher = _nets()
     loss = _setup(build_loss("diffkd", stage=stage), student, teacher)
-    assert loss.feature_branch.connector.in_channels == channels
+    assert _feature_branch(loss).connector.in_channels == channels
 
 
 @pytest.mark.parametrize("stage", [2, -3])
@@ -343,24 +365,29 @@ def test_seed_comes_from_torchs_global_rng_uniform_below_2_pow_62() -> None:
     """Same global seed, same loss seed; the draw spans [0, 2^62): five draws all below 2^40
     would have probability 2^-110, so that bound catches a shrunken range."""
     student, teacher = _nets()
-    seeds = []
+    seeds: list[int] = []
     for global_seed in (0, 1, 2, 3, 4):
         torch.manual_seed(global_seed)
-        seeds.append(_setup(build_loss("diffkd"), student, teacher).seed)
+        seed = _setup(build_loss("diffkd"), student, teacher).seed
+        assert seed is not None
+        seeds.append(seed)
     torch.manual_seed(0)
     assert _setup(build_loss("diffkd"), student, teacher).seed == seeds[0]
     assert all(0 <= s < 2**62 for s in seeds) and max(seeds) >= 2**40
     assert len(set(seeds)) == 5
     # the generator starts at that seed
     loss = _setup(build_loss("diffkd"), student, teacher)
+    assert loss.seed is not None
     replay = torch.Generator().manual_seed(loss.seed)
     assert torch.equal(torch.randn(5, generator=loss.generator(torch.device("cpu"))),
                        torch.randn(5, generator=replay))  # fmt: skip
 
 
 def test_generator_before_setup_asks_for_setup() -> None:
+    loss = build_loss("diffkd")
+    assert isinstance(loss, DiffKDLoss)
     with pytest.raises(RuntimeError, match="setup"):
-        build_loss("diffkd").generator(torch.device("cpu"))
+        loss.generator(torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------- generator state
@@ -376,6 +403,7 @@ def test_empty_extra_state_keeps_the_current_stream() -> None:
     loss = _setup(build_loss("diffkd"), student, teacher)
     gen = loss.generator(torch.device("cpu"))
     torch.randn(3, generator=gen)  # advance the stream
+    assert loss.seed is not None
     replay = torch.Generator().manual_seed(loss.seed)
     torch.randn(3, generator=replay)
     with warnings.catch_warnings():
@@ -388,6 +416,7 @@ def test_foreign_extra_state_warns_and_keeps_the_current_stream() -> None:
     student, teacher = _nets()
     loss = _setup(build_loss("diffkd"), student, teacher)
     gen = loss.generator(torch.device("cpu"))
+    assert loss.seed is not None
     replay = torch.Generator().manual_seed(loss.seed)
     with pytest.warns(UserWarning, match="another device type"):
         loss.set_extra_state(torch.zeros(16, dtype=torch.uint8))
@@ -402,7 +431,7 @@ def test_checkpoint_holds_no_schedule_buffers() -> None:
     keys = set(loss.state_dict())
     assert not {k for k in keys if k.endswith(("alphas_cumprod", "chain_t"))}
     assert "_extra_state" in keys
-    branch = loss.feature_branch
+    branch = _feature_branch(loss)
     assert branch.chain_t.tolist() == [400, 300, 200, 100, 0]
     np.testing.assert_allclose(
         as_numpy(branch.alphas_cumprod), _np_abar(1000, 1e-4, 0.02), rtol=1e-6
@@ -455,6 +484,7 @@ def test_every_term_with_logit_diffusion_and_ae_matches_numpy() -> None:
     y = torch.tensor([0, 4, 2, 1])
     terms = loss(fs["logits"], ft["logits"], y, student_features=fs, teacher_features=ft)
 
+    assert loss.seed is not None
     replay = torch.Generator().manual_seed(loss.seed)
     b = 4
     n_feat = as_numpy(torch.randn(b, 4, 2, 2, generator=replay))
@@ -465,10 +495,12 @@ def test_every_term_with_logit_diffusion_and_ae_matches_numpy() -> None:
     t_ldpm = torch.randint(0, 20, (b,), generator=replay).numpy()
 
     abar = _np_abar(20, 1e-3, 0.2)
-    fb, lb = loss.feature_branch, loss.logit_branch
+    fb, lb = _feature_branch(loss), loss.logit_branch
+    assert fb.ae is not None and lb is not None
     f_s = _np_block_mean(as_numpy(fs["pooled_map"]), 2)  # 4x4 student map pooled to 2x2
     f_t = as_numpy(ft["pooled_map"])
-    z = np_bn_train(np_conv1x1(f_t, fb.ae.encoder[0]), fb.ae.encoder[1])
+    enc_conv, enc_bn = _encoder_layers(fb.ae)
+    z = np_bn_train(np_conv1x1(f_t, enc_conv), enc_bn)
     rec = np.mean((np_conv1x1(z, fb.ae.decoder) - f_t) ** 2)
     refined = np_conv1x1(_np_sample(np_conv1x1(f_s, fb.connector), n_feat, abar, 0.7), fb.proj)
     zs = as_numpy(fs["logits"])[:, :, None, None]
@@ -499,12 +531,13 @@ def test_plain_terms_without_ae_and_logit_diffusion_match_numpy() -> None:
     y = torch.tensor([3, 3, 0, 1])
     terms = loss(fs["logits"], None, y, student_features=fs, teacher_features=ft)
 
+    assert loss.seed is not None
     replay = torch.Generator().manual_seed(loss.seed)
     n_feat = as_numpy(torch.randn(4, 6, 2, 2, generator=replay))
     n_ddpm = as_numpy(torch.randn(4, 6, 2, 2, generator=replay))
     t_ddpm = torch.randint(0, 20, (4,), generator=replay).numpy()
     abar = _np_abar(20, 1e-3, 0.2)
-    fb = loss.feature_branch
+    fb = _feature_branch(loss)
     f_s = _np_block_mean(as_numpy(fs["pooled_map"]), 2)
     f_t = as_numpy(ft["pooled_map"])
     refined = np_conv1x1(_np_sample(np_conv1x1(f_s, fb.connector), n_feat, abar, 0.4), fb.proj)

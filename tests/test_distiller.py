@@ -41,6 +41,7 @@ class TwoViewProbe(DistillationLoss):
         self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, **context: Any
     ) -> dict[str, Tensor]:
         self.seen = {"student": student_logits, "teacher": teacher_logits, **context}
+        assert teacher_logits is not None
         strong = context["student_logits_strong"]
         return {
             "weak": (student_logits - teacher_logits).pow(2).mean(),

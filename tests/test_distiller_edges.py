@@ -269,7 +269,9 @@ def test_logit_cache_uses_the_class_count_and_eval_mode() -> None:
                (data[order[4:]], order[4:])]
     cache = TeacherLogitCache.compute(teacher, batches, 6, torch.device("cpu"))
     assert cache.logits.shape == (6, 3) and cache.logits.dtype == torch.float32
-    expected = (_by_hand(teacher[0], data) / math.sqrt(1 + 1e-5)).float()
+    linear = teacher[0]
+    assert isinstance(linear, nn.Linear)
+    expected = (_by_hand(linear, data) / math.sqrt(1 + 1e-5)).float()
     torch.testing.assert_close(cache(torch.arange(6)), expected)
     torch.testing.assert_close(cache(torch.tensor([3, 3])), expected[[3, 3]])
 
@@ -412,11 +414,13 @@ def test_conv_bn_defaults_are_a_3x3_same_conv_without_bias_then_bn_relu() -> Non
     F.batch_norm (batch statistics) and F.relu."""
     torch.manual_seed(0)
     block = conv_bn(2, 3)
+    conv_layer, bn = block[0], block[1]
+    assert isinstance(conv_layer, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
     assert sum(p.numel() for p in block.parameters()) == 60
     x = torch.randn(2, 2, 5, 5)
-    conv = F.conv2d(x, block[0].weight.detach(), padding=1)
-    expected = F.relu(F.batch_norm(conv, None, None, block[1].weight.detach(),
-                                   block[1].bias.detach(), training=True))
+    conv = F.conv2d(x, conv_layer.weight.detach(), padding=1)
+    expected = F.relu(F.batch_norm(conv, None, None, bn.weight.detach(),
+                                   bn.bias.detach(), training=True))
     torch.testing.assert_close(block.train()(x), expected)
     assert isinstance(block[2], nn.ReLU) and len(block) == 3
 
@@ -426,10 +430,12 @@ def test_conv_bn_pads_any_odd_kernel_to_same_size_and_honours_its_options() -> N
     floor((7 + 4 - 5) / 2) + 1 = 4; groups=2 keeps 2*1*5*5 + ... weights; relu=False: no ReLU."""
     torch.manual_seed(0)
     block = conv_bn(4, 2, kernel=5, stride=2, groups=2, relu=False)
-    assert block[0].weight.shape == (2, 2, 5, 5) and len(block) == 2
+    conv_layer, bn = block[0], block[1]
+    assert isinstance(conv_layer, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+    assert conv_layer.weight.shape == (2, 2, 5, 5) and len(block) == 2
     x = torch.randn(2, 4, 7, 7)
-    conv = F.conv2d(x, block[0].weight.detach(), stride=2, padding=2, groups=2)
-    expected = F.batch_norm(conv, None, None, block[1].weight.detach(), block[1].bias.detach(),
+    conv = F.conv2d(x, conv_layer.weight.detach(), stride=2, padding=2, groups=2)
+    expected = F.batch_norm(conv, None, None, bn.weight.detach(), bn.bias.detach(),
                             training=True)
     out = block.train()(x)
     assert out.shape == (2, 2, 4, 4)
@@ -443,31 +449,36 @@ def test_kaiming_fan_out_init_by_formula() -> None:
     24 576 draws: the sample std is within ~0.5 % (1 sigma); 3 % is 6 sigma."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(64, 128, (3, 1), bias=True), nn.BatchNorm2d(128))
+    conv, bn = model[0], model[1]
+    assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+    assert conv.bias is not None
     with torch.no_grad():
-        model[1].weight.fill_(0.3)
-        model[1].bias.fill_(0.7)
+        bn.weight.fill_(0.3)
+        bn.bias.fill_(0.7)
     init_weights(model, conv="kaiming_fan_out", linear="default")
-    weight = model[0].weight
+    weight = conv.weight
     fan_out = nn.init._calculate_fan_in_and_fan_out(weight)[1]
     assert fan_out == 384
     std = math.sqrt(2.0 / 384)
     assert abs(weight.std().item() / std - 1) < 0.03
     assert abs(weight.mean().item()) < 0.03 * std
-    assert not model[0].bias.any()
-    assert bool((model[1].weight == 1).all()) and not model[1].bias.any()
+    assert not conv.bias.any()
+    assert bool((bn.weight == 1).all()) and not bn.bias.any()
 
 
 def test_default_conv_and_linear_init_are_left_alone() -> None:
     """conv="default", linear="default": conv and linear tensors unchanged; BN still reset."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3, 4))
+    bn = model[1]
+    assert isinstance(bn, nn.BatchNorm2d)
     with torch.no_grad():
-        model[1].bias.fill_(0.5)
+        bn.bias.fill_(0.5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     init_weights(model, conv="default", linear="default")
     for key in ("0.weight", "0.bias", "3.weight", "3.bias"):
         assert torch.equal(model.state_dict()[key], before[key]), key
-    assert not model[1].bias.any()
+    assert not bn.bias.any()
 
 
 @pytest.mark.parametrize("linear", ["zero_bias", "normal"])
@@ -476,10 +487,12 @@ def test_linear_init_schemes(linear: str) -> None:
     ~0.5 %, mean within 0.01/sqrt(20000) = 7e-5 at 1 sigma), bias 0."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(200, 100))
-    before = model[0].weight.detach().clone()
+    layer = model[0]
+    assert isinstance(layer, nn.Linear)
+    before = layer.weight.detach().clone()
     init_weights(model, conv="kaiming_fan_out", linear=linear)  # type: ignore[arg-type]
-    weight = model[0].weight.detach()
-    assert not model[0].bias.any()
+    weight = layer.weight.detach()
+    assert not layer.bias.any()
     if linear == "zero_bias":
         assert torch.equal(weight, before)
     else:

@@ -80,6 +80,7 @@ def test_feature_output_wrapper_gives_the_same_terms() -> None:
     student, teacher = _nets()
     loss = FitNetLoss()
     loss.setup(student, teacher, example_input=X, num_train_samples=6)
+    assert loss.regressor is not None  # setup builds the connector
     _, a = Distiller(student, loss, teacher).eval()(X, Y)
     wrapped = Distiller(features_view(student, loss), loss, teacher).eval()
     assert isinstance(wrapped.student, FeatureOutput)
@@ -231,7 +232,8 @@ class Killed(Exception):
 class KillableFitNet(FitNetLoss):
     def __init__(self, kill_at: tuple[int, int] | None = None) -> None:
         super().__init__(hint_layer=1)
-        self.kill_at, self.calls = kill_at, {}
+        self.kill_at = kill_at
+        self.calls: dict[int, int] = {}  # epoch -> forward calls
 
     def forward(self, *args: Any, **context: Any) -> dict[str, Tensor]:
         epoch = context["epoch"]

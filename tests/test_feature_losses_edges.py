@@ -8,6 +8,8 @@ the loss under test; the tests read only the networks' and the loss modules' par
 
 from __future__ import annotations
 
+from typing import Any, TypeVar, cast
+
 import numpy as np
 import pytest
 import torch
@@ -15,12 +17,26 @@ from numpy_reference import as_numpy, np_bn_train, np_ce, np_conv1x1
 from scipy.stats import norm
 
 from figkd.losses import build_loss
-from figkd.models import create_model
+from figkd.losses.crd import CRDLoss
+from figkd.losses.ofd import OFDLoss
+from figkd.losses.reviewkd import ABF, ReviewKDLoss
+from figkd.models import Features, ZooModel, create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: no OpenMP spin
 
 
-def _pair(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+def _part(module: torch.nn.Module, path: str, kind: type[ModuleT]) -> ModuleT:
+    """The submodule of ``module`` at ``path`` (as in its state-dict keys), checked to be a
+    ``kind``: the tests read the parameters of layers the networks and losses nest."""
+    part = module.get_submodule(path)
+    assert isinstance(part, kind), (path, type(part))
+    return part
+
+
+def _pair(seed: int = 0) -> tuple[ZooModel, ZooModel]:
     torch.manual_seed(seed)
     student = create_model("tiny_cnn", num_classes=5, width=2)
     teacher = create_model("tiny_cnn", num_classes=5, width=4)
@@ -86,12 +102,13 @@ def test_ofd_pools_the_larger_map_to_the_smaller_one(s_sizes: Sizes, t_sizes: Si
 
     total = 0.0
     for i in range(2):
-        conv, bn = loss.connectors[i][0], loss.connectors[i][1]
+        conv = _part(loss, f"connectors.{i}.0", torch.nn.Conv2d)
+        bn = _part(loss, f"connectors.{i}.1", torch.nn.BatchNorm2d)
         s = np_bn_train(np_conv1x1(as_numpy(s_pre[i]), conv), bn)
         t = as_numpy(t_pre[i])
         size = (min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1]))
         s, t = _np_block_mean(s, size), _np_block_mean(t, size)
-        t_bn = teacher.stages[i][0].bn
+        t_bn = _part(teacher, f"stages.{i}.0.bn", torch.nn.BatchNorm2d)
         t = np.maximum(t, _np_margin(as_numpy(t_bn.bias), as_numpy(t_bn.weight)).reshape(1, -1, 1, 1))
         total += _np_partial_l2(s, t) / b * 0.5 ** (1 - i)
     assert terms["ofd"].item() == pytest.approx(1e-3 * total, rel=1e-4)
@@ -105,9 +122,11 @@ def test_ofd_eval_mode_uses_a_bias_free_connector_and_bn_running_statistics() ->
     x = torch.randn(4, 3, 8, 8)
     loss = build_loss("ofd", feat_weight=1.0)
     loss.setup(student, teacher, example_input=x, num_train_samples=4)
+    assert isinstance(loss, OFDLoss) and loss.connectors is not None
     g = torch.Generator().manual_seed(3)
     for conn in loss.connectors:
-        bn = conn[1]
+        bn = _part(conn, "1", torch.nn.BatchNorm2d)
+        assert bn.running_mean is not None and bn.running_var is not None
         bn.running_mean.copy_(torch.randn(bn.num_features, generator=g))
         bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
     loss.eval()
@@ -122,14 +141,16 @@ def test_ofd_eval_mode_uses_a_bias_free_connector_and_bn_running_statistics() ->
 
     total = 0.0
     for i in range(2):
-        conv, bn = loss.connectors[i][0], loss.connectors[i][1]
+        conv = _part(loss, f"connectors.{i}.0", torch.nn.Conv2d)
+        bn = _part(loss, f"connectors.{i}.1", torch.nn.BatchNorm2d)
+        assert bn.running_mean is not None and bn.running_var is not None
         w = as_numpy(conv.weight)[:, :, 0, 0]
         s = np.einsum("oc,bchw->bohw", w, as_numpy(sf["preact_stages"][i]))  # no bias term
         mean, var = as_numpy(bn.running_mean), as_numpy(bn.running_var)
         scale = as_numpy(bn.weight) / np.sqrt(var + bn.eps)
         s = (s - mean[None, :, None, None]) * scale[None, :, None, None]
         s = s + as_numpy(bn.bias)[None, :, None, None]
-        t_bn = teacher.stages[i][0].bn
+        t_bn = _part(teacher, f"stages.{i}.0.bn", torch.nn.BatchNorm2d)
         margin = _np_margin(as_numpy(t_bn.bias), as_numpy(t_bn.weight)).reshape(1, -1, 1, 1)
         t = np.maximum(as_numpy(tf["preact_stages"][i]), margin)
         total += _np_partial_l2(s, t) / 4 * 0.5 ** (1 - i)
@@ -164,7 +185,8 @@ def test_ofd_connector_init_is_he_normal_over_output_channels() -> None:
     from figkd.losses.ofd import _connector
 
     torch.manual_seed(0)
-    w = as_numpy(_connector(64, 200)[0].weight)  # 12800 draws: mean and std pinned to ~1 %
+    conv = _part(_connector(64, 200), "0", torch.nn.Conv2d)
+    w = as_numpy(conv.weight)  # 12800 draws: mean and std pinned to ~1 %
     assert abs(w.mean()) < 0.005
     assert w.std() == pytest.approx(np.sqrt(2 / 200), rel=0.03)
 
@@ -205,6 +227,7 @@ def test_ofd_resumed_batch_margins_are_not_re_estimated() -> None:
     first.setup(student, teacher, example_input=x, num_train_samples=4)
     step(first, x)
     resumed = build_loss("ofd")
+    assert isinstance(resumed, OFDLoss)
     resumed.setup(student, teacher, example_input=x, num_train_samples=4)
     resumed.load_state_dict(first.state_dict())
     step(resumed, 3 * torch.randn(4, 3, 16, 16))  # other statistics: other margins if redone
@@ -218,6 +241,7 @@ def test_ofd_resumed_batch_margins_are_not_re_estimated() -> None:
 def test_ofd_has_no_stages_before_setup() -> None:
     # margins() lists one buffer per paired stage; setup has paired none yet
     loss = build_loss("ofd")
+    assert isinstance(loss, OFDLoss)
     assert loss.num_stages == 0 and loss.margins() == []
 
 
@@ -239,10 +263,11 @@ def _np_log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def _crd_setup(seed: int = 2, n: int = 20, **options: object) -> tuple[torch.nn.Module, dict, dict]:
+def _crd_setup(seed: int = 2, n: int = 20, **options: object) -> tuple[CRDLoss, Features, Features]:
     student, teacher = _pair(seed)
     x = torch.randn(4, 3, 8, 8)
     loss = build_loss("crd", **{"num_negatives": 5, "feat_dim": 8, **options})
+    assert isinstance(loss, CRDLoss)
     loss.setup(student, teacher, example_input=x, num_train_samples=n)
     with torch.no_grad():
         tf = teacher.forward_features(x)
@@ -354,6 +379,8 @@ def _np_hcl(fs: np.ndarray, ft: np.ndarray) -> float:
 
 
 def _np_bn_eval(x: np.ndarray, bn: torch.nn.BatchNorm2d) -> np.ndarray:
+    assert bn.running_mean is not None and bn.running_var is not None
+
     def c(v: torch.Tensor) -> np.ndarray:
         return as_numpy(v).reshape(1, -1, 1, 1)
 
@@ -376,16 +403,17 @@ def test_reviewkd_resizes_to_the_teachers_map_when_the_student_is_larger(
     if eval_mode:
         for m in loss.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g))
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
         loss.eval()
     bn_ref = _np_bn_eval if eval_mode else np_bn_train
     b = 4
-    sf = {
+    sf: dict[str, Any] = {
         "stages": [torch.randn(b, 4, 8, 8, generator=g), torch.randn(b, 8, 4, 4, generator=g)],
         "embedding": torch.randn(b, 8, generator=g),
     }
-    tf = {
+    tf: dict[str, Any] = {
         "preact_stages": [
             torch.randn(b, 8, 4, 4, generator=g),
             torch.randn(b, 16, 2, 2, generator=g),
@@ -398,15 +426,19 @@ def test_reviewkd_resizes_to_the_teachers_map_when_the_student_is_larger(
     s_lv = [as_numpy(s) for s in sf["stages"]] + [as_numpy(sf["embedding"])[:, :, None, None]]
     t_lv = [as_numpy(t) for t in tf["preact_stages"]] + [as_numpy(tf["embedding"])[:, :, None, None]]
     want, residual = 0.0, None
-    for abf, xs, xt in zip(loss.abfs, s_lv[::-1], t_lv[::-1]):  # deepest level first
-        w1 = as_numpy(abf.conv1[0].weight)[:, :, 0, 0]  # bias-free 1x1 conv, written out
-        h = bn_ref(np.einsum("oc,bchw->bohw", w1, xs), abf.conv1[1])
+    for abf, xs, xt in zip(_abfs(loss), s_lv[::-1], t_lv[::-1]):  # deepest level first
+        # bias-free 1x1 conv, written out
+        w1 = as_numpy(_part(abf, "conv1.0", torch.nn.Conv2d).weight)[:, :, 0, 0]
+        h = bn_ref(np.einsum("oc,bchw->bohw", w1, xs), _part(abf, "conv1.1", torch.nn.BatchNorm2d))
         if residual is not None:
             r = _np_nearest(residual, h.shape[-2:])
-            att = 1 / (1 + np.exp(-np_conv1x1(np.concatenate([h, r], 1), abf.att_conv[0])))
+            att_conv = _part(abf, "att_conv.0", torch.nn.Conv2d)
+            att = 1 / (1 + np.exp(-np_conv1x1(np.concatenate([h, r], 1), att_conv)))
             h = h * att[:, 0:1] + r * att[:, 1:2]
         h = _np_nearest(h, xt.shape[-2:])
-        want += _np_hcl(bn_ref(_np_conv3x3(h, abf.conv2[0]), abf.conv2[1]), xt)
+        conv2 = _part(abf, "conv2.0", torch.nn.Conv2d)
+        bn2 = _part(abf, "conv2.1", torch.nn.BatchNorm2d)
+        want += _np_hcl(bn_ref(_np_conv3x3(h, conv2), bn2), xt)
         residual = h
     assert terms["review"].item() == pytest.approx(want, rel=1e-4)
     assert terms["ce"].item() == pytest.approx(np_ce(as_numpy(logits), y.numpy()), rel=1e-5)
@@ -419,7 +451,8 @@ def test_reviewkd_mid_width_is_capped_by_max_mid_channels() -> None:
     for cap, mid in ((512, 8), (3, 3)):
         loss = build_loss("reviewkd", max_mid_channels=cap)
         loss.setup(student, teacher, example_input=x, num_train_samples=2)
-        assert [abf.conv1[0].out_channels for abf in loss.abfs] == [mid] * 3
+        conv1s = [_part(abf, "conv1.0", torch.nn.Conv2d) for abf in _abfs(loss)]
+        assert [conv.out_channels for conv in conv1s] == [mid] * 3
 
 
 @pytest.mark.parametrize("warmup", [-1, 2.5, True])
@@ -428,12 +461,22 @@ def test_reviewkd_refuses_a_warmup_that_is_not_a_non_negative_integer(warmup: ob
         build_loss("reviewkd", warmup_epochs=warmup)
 
 
+def _abfs(loss: torch.nn.Module) -> list[ABF]:
+    """ReviewKD's fusion modules (built by setup), deepest level first."""
+    assert isinstance(loss, ReviewKDLoss) and loss.abfs is not None
+    abfs = list(loss.abfs)
+    assert all(isinstance(abf, ABF) for abf in abfs)
+    return cast("list[ABF]", abfs)
+
+
 def _np_embed(f: torch.Tensor, lin: torch.nn.Linear) -> np.ndarray:
     v = as_numpy(f) @ as_numpy(lin.weight).T + as_numpy(lin.bias)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def test_crd_second_step_keeps_the_first_batch_z_and_reads_the_updated_banks() -> None:
+def test_crd_second_step_keeps_the_first_batch_z_and_reads_the_updated_banks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Z is estimated once, on the first batch, then frozen; step 2 scores against the banks
     # as step 1's momentum update left them (docstring formulas, m = 0.3 here)
     n, k, tau, m = 20, 5, 0.07, 0.3
@@ -442,11 +485,11 @@ def test_crd_second_step_keeps_the_first_batch_z_and_reads_the_updated_banks() -
     idx = [np.array([3, 0, 19, 7]), np.array([3, 11, 12, 0])]  # rows 3 and 0 meet again
     rows = [np.concatenate([i[:, None], rng.integers(0, n, (4, k))], 1) for i in idx]
     draws = iter(rows)
-    loss.sample_indices = lambda index: torch.as_tensor(next(draws))
+    monkeypatch.setattr(loss, "sample_indices", lambda index: torch.as_tensor(next(draws)))
     bank_s, bank_t = as_numpy(loss.memory_s), as_numpy(loss.memory_t)
     s, t = (
-        _np_embed(sf["embedding"], loss.embed_s.linear),
-        _np_embed(tf["embedding"], loss.embed_t.linear),
+        _np_embed(sf["embedding"], _part(loss, "embed_s.linear", torch.nn.Linear)),
+        _np_embed(tf["embedding"], _part(loss, "embed_t.linear", torch.nn.Linear)),
     )
     y = torch.zeros(4, dtype=torch.long)
     got = [
@@ -461,7 +504,7 @@ def test_crd_second_step_keeps_the_first_batch_z_and_reads_the_updated_banks() -
         for i in idx
     ]
 
-    z = {}
+    z: dict[str, float] = {}
     want = []
     for step in range(2):
         total = 0.0
@@ -520,7 +563,9 @@ def test_crd_restored_z_is_kept_not_re_estimated() -> None:
     assert torch.equal(resumed.log_z, saved["log_z"])
 
 
-def test_crd_half_precision_bank_is_scored_in_float32_on_cpu() -> None:
+def test_crd_half_precision_bank_is_scored_in_float32_on_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # docstring: on CPU the gathered bank rows are computed in float32 (b_c = 4), so a
     # float16 bank gives the value of its stored (rounded) rows with float32 accuracy
     n, k, tau = 20, 5, 0.07
@@ -528,7 +573,7 @@ def test_crd_half_precision_bank_is_scored_in_float32_on_cpu() -> None:
     rng = np.random.default_rng(2)
     index = np.array([3, 0, 19, 7])
     rows = np.concatenate([index[:, None], rng.integers(0, n, (4, k))], 1)
-    loss.sample_indices = lambda idx: torch.as_tensor(rows)
+    monkeypatch.setattr(loss, "sample_indices", lambda idx: torch.as_tensor(rows))
     bank_s, bank_t = as_numpy(loss.memory_s), as_numpy(loss.memory_t)  # the float16 values, exactly
     got = loss(
         sf["logits"],
@@ -539,8 +584,8 @@ def test_crd_half_precision_bank_is_scored_in_float32_on_cpu() -> None:
         index=torch.as_tensor(index),
     )["crd"].item()
     s, t = (
-        _np_embed(sf["embedding"], loss.embed_s.linear),
-        _np_embed(tf["embedding"], loss.embed_t.linear),
+        _np_embed(sf["embedding"], _part(loss, "embed_s.linear", torch.nn.Linear)),
+        _np_embed(tf["embedding"], _part(loss, "embed_t.linear", torch.nn.Linear)),
     )
     want = 0.0
     for anchor, bank in ((s, bank_t), (t, bank_s)):
@@ -590,7 +635,8 @@ def test_reviewkd_abf_convs_use_kaiming_uniform_with_a_1() -> None:
 
     torch.manual_seed(0)
     abf = ABF(64, 32, 16, fuse=False)
-    for conv, fan_in in ((abf.conv1[0], 64), (abf.conv2[0], 32 * 9)):
+    for conv, fan_in in ((_part(abf, "conv1.0", torch.nn.Conv2d), 64),
+                         (_part(abf, "conv2.0", torch.nn.Conv2d), 32 * 9)):
         bound = np.sqrt(3 / fan_in)
         top = np.abs(as_numpy(conv.weight)).max()
         assert 0.98 * bound < top <= bound
@@ -629,9 +675,11 @@ def test_crd_memory_bytes_defaults_and_the_compute_element_size() -> None:
     cpu = crd_memory_bytes(1000, memory_dtype="float16", compute_on_cuda=False)
     assert cpu["gathered_per_step"] == 2 * rows * 128 * 4
     # before setup: no samples yet, and the estimate assumes a CUDA run
-    early = build_loss("crd", memory_dtype="float16").memory_bytes(batch_size=8)
+    half, default = build_loss("crd", memory_dtype="float16"), build_loss("crd")
+    assert isinstance(half, CRDLoss) and isinstance(default, CRDLoss)
+    early = half.memory_bytes(batch_size=8)
     assert early["banks"] == 0 and early["gathered_per_step"] == 2 * 8 * 16385 * 128 * 2
-    assert build_loss("crd").memory_bytes()["scores_per_step"] == 2 * rows * 4  # B = 64
+    assert default.memory_bytes()["scores_per_step"] == 2 * rows * 4  # B = 64
 
 
 def test_crd_setup_with_two_samples_builds_seeded_unit_banks_and_keeps_train_modes() -> None:
@@ -641,9 +689,12 @@ def test_crd_setup_with_two_samples_builds_seeded_unit_banks_and_keeps_train_mod
     student, teacher = _pair(3)
     student.train()
     loss = build_loss("crd", feat_dim=6, num_negatives=3)  # default seed 0
+    assert isinstance(loss, CRDLoss)
     loss.setup(student, teacher, example_input=torch.randn(3, 3, 8, 8), num_train_samples=2)
     assert student.training and not teacher.training
-    assert loss.embed_s.linear.in_features == 8 and loss.embed_t.linear.in_features == 16
+    embed_s = _part(loss, "embed_s.linear", torch.nn.Linear)
+    embed_t = _part(loss, "embed_t.linear", torch.nn.Linear)
+    assert embed_s.in_features == 8 and embed_t.in_features == 16
     replay = torch.Generator().manual_seed(0)
     for name in ("memory_s", "memory_t"):
         u = 2.0 * as_numpy(torch.rand(2, 6, generator=replay)) - 1.0
@@ -659,7 +710,8 @@ def test_crd_memory_device_holds_the_banks_whatever_the_compute_device() -> None
     loss = build_loss("crd", feat_dim=4, num_negatives=2, memory_device="meta")
     loss.setup(student, teacher, example_input=torch.randn(2, 3, 8, 8), num_train_samples=5)
     assert loss.memory_s.device.type == "meta" and loss.memory_t.device.type == "meta"
-    assert loss.embed_s.linear.weight.device.type == "cpu" and loss.log_z.device.type == "cpu"
+    embed_s = _part(loss, "embed_s.linear", torch.nn.Linear)
+    assert embed_s.weight.device.type == "cpu" and loss.log_z.device.type == "cpu"
 
 
 def test_crd_gather_ranks_concatenates_uneven_batches_without_their_padding(
@@ -713,14 +765,19 @@ class _FixedFeatures(torch.nn.Module):
 def _np_review(loss: torch.nn.Module, s_lv: list[np.ndarray], t_lv: list[np.ndarray]) -> float:
     """sum_j HCL(ABF_j, t_j), deepest level first, training-mode BN (module docstring)."""
     total, residual = 0.0, None
-    for abf, xs, xt in zip(loss.abfs, s_lv[::-1], t_lv[::-1], strict=True):
-        h = np_bn_train(np_conv1x1(xs, abf.conv1[0]), abf.conv1[1])
+    for abf, xs, xt in zip(_abfs(loss), s_lv[::-1], t_lv[::-1], strict=True):
+        conv1 = _part(abf, "conv1.0", torch.nn.Conv2d)
+        bn1 = _part(abf, "conv1.1", torch.nn.BatchNorm2d)
+        h = np_bn_train(np_conv1x1(xs, conv1), bn1)
         if residual is not None:
             r = _np_nearest(residual, h.shape[-2:])
-            att = 1 / (1 + np.exp(-np_conv1x1(np.concatenate([h, r], 1), abf.att_conv[0])))
+            att_conv = _part(abf, "att_conv.0", torch.nn.Conv2d)
+            att = 1 / (1 + np.exp(-np_conv1x1(np.concatenate([h, r], 1), att_conv)))
             h = h * att[:, 0:1] + r * att[:, 1:2]
         h = _np_nearest(h, xt.shape[-2:])
-        total += _np_hcl(np_bn_train(_np_conv3x3(h, abf.conv2[0]), abf.conv2[1]), xt)
+        conv2 = _part(abf, "conv2.0", torch.nn.Conv2d)
+        bn2 = _part(abf, "conv2.1", torch.nn.BatchNorm2d)
+        total += _np_hcl(np_bn_train(_np_conv3x3(h, conv2), bn2), xt)
         residual = h
     return total
 
@@ -775,9 +832,11 @@ def test_reviewkd_pairs_levels_from_the_deepest_when_stage_counts_differ(
     assert student.training and not teacher.training  # setup restores both modes
     assert loss.num_levels == 3
     # deepest first: the embeddings (3 -> 6 wide), then stage widths 2 -> 5 and 3 -> 6
-    assert [abf.conv1[0].in_channels for abf in loss.abfs] == [3, 2, 3]
-    assert [abf.conv2[0].out_channels for abf in loss.abfs] == [6, 5, 6]
-    assert [abf.conv1[0].out_channels for abf in loss.abfs] == [3, 3, 3]  # mid: the embedding's
+    conv1s = [_part(abf, "conv1.0", torch.nn.Conv2d) for abf in _abfs(loss)]
+    conv2s = [_part(abf, "conv2.0", torch.nn.Conv2d) for abf in _abfs(loss)]
+    assert [conv.in_channels for conv in conv1s] == [3, 2, 3]
+    assert [conv.out_channels for conv in conv2s] == [6, 5, 6]
+    assert [conv.out_channels for conv in conv1s] == [3, 3, 3]  # mid: the embedding's
     assert loss.out_sizes == [(4, 4), (2, 2), (1, 1)]
     sf, tf = student.features, teacher.features
     y = torch.tensor([0, 1, 2, 3])

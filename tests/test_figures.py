@@ -8,6 +8,7 @@ PyWavelets and against the models themselves.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,11 @@ from figkd.analysis import study as S
 from figkd.analysis.runs import forward_all, load_run
 from figkd.cli import main
 from figkd.data import synthetic
-from figkd.losses import build_loss
+from figkd.losses import FiGKDLoss, build_loss
 
 
 @pytest.fixture(scope="module")
-def pair_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pair_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp("figures")
     patch = pytest.MonkeyPatch()
     patch.setenv("FIGKD_CACHE", str(base / "cache"))
@@ -97,7 +98,9 @@ def test_frequency_bands_equal_pywavelets(pair_dir: Path, capsys) -> None:
     for name in ("kd", "figkd"):
         student = load_run(record["models"][name]["run_dir"])
         s_logits = torch.as_tensor(forward_all(student.model, student.test, everything)["logits"])
-        expected = build_loss("figkd", beta=1.0).detail_loss(s_logits, t_logits).item()
+        reference = build_loss("figkd", beta=1.0)
+        assert isinstance(reference, FiGKDLoss)
+        expected = reference.detail_loss(s_logits, t_logits).item()
         assert record["models"][name]["detail_distance_to_reference"] == pytest.approx(
             expected, rel=1e-9
         )

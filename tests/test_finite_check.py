@@ -30,7 +30,9 @@ NAN, INF = float("nan"), float("inf")
 
 def _push(check: DeferredFiniteCheck, step: int, **terms: float) -> NonFiniteStep | None:
     values = {name: torch.tensor(value) for name, value in terms.items()}
-    return check.push(sum(values.values()), values, epoch=3, step=step, global_step=100 + step)
+    total = sum(values.values())
+    assert isinstance(total, Tensor)  # at least one term
+    return check.push(total, values, epoch=3, step=step, global_step=100 + step)
 
 
 def test_a_bad_step_is_reported_by_the_next_push_with_its_own_position() -> None:
@@ -94,7 +96,11 @@ class NaNAt(CELoss):
         self.step, self.calls = step, 0
 
     def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, **context: Any
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | None = None,
+        targets: Tensor | None = None,
+        **context: Any,
     ) -> dict[str, Tensor]:
         self.calls += 1
         terms = super().forward(student_logits, teacher_logits, targets, **context)
@@ -133,7 +139,9 @@ def test_a_bad_last_step_of_an_epoch_never_reaches_its_checkpoint(tmp_path: Path
 def test_on_a_gpu_the_flags_arrive_through_pinned_memory() -> None:
     check = DeferredFiniteCheck(torch.device("cuda"), dist_utils.DistContext())
     values = {"ce": torch.tensor(1.0, device="cuda"), "kd": torch.tensor(NAN, device="cuda")}
-    assert check.push(sum(values.values()), values, 1, 1, 1) is None
+    total = sum(values.values())
+    assert isinstance(total, Tensor)
+    assert check.push(total, values, 1, 1, 1) is None
     assert check.flush() == NonFiniteStep("term kd=nan", 1, 1, 1)
 
 
@@ -142,7 +150,11 @@ class NaNTermThenNaNLogits(NaNAt):
     check (validation is on by default on a CPU) raises at once."""
 
     def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, **context: Any
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | None = None,
+        targets: Tensor | None = None,
+        **context: Any,
     ) -> dict[str, Tensor]:
         if self.calls + 1 == 3:
             student_logits = student_logits + NAN

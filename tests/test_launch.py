@@ -28,7 +28,11 @@ class LearnedScaleCE(CELoss):
         self.scale = nn.Parameter(torch.ones(()))
 
     def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, **context: Any
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | None = None,
+        targets: Tensor | None = None,
+        **context: Any,
     ) -> dict[str, Tensor]:
         terms = super().forward(student_logits, teacher_logits, targets, **context)
         return {"ce": self.scale * terms["ce"]}

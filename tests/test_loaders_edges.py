@@ -326,7 +326,10 @@ def torch_source(count: int, batch: int, *, train: bool, rank: int = 0, world: i
 
 def fast_source(count: int, batch: int, *, train: bool, rank: int = 0, world: int = 1,
                 seed: int = 6, max_steps: int | None = None) -> FastSource:
-    return FastSource(index_cache(count), batch, PLAIN, train=train, device=torch.device("cpu"),
+    # FastSource hands the preset to GPUBatchLoader, which takes a Preset object as well as a
+    # registered name; FastSource's own annotation names only str
+    return FastSource(index_cache(count), batch, PLAIN,
+                      train=train, device=torch.device("cpu"),
                       seed=seed, ctx=DistContext(rank=rank, world_size=world),
                       channels_last=False, max_steps=max_steps)
 
@@ -424,6 +427,8 @@ def test_label_check_accepts_exactly_zero_to_classes_minus_one() -> None:
 
 class PilImages:
     """A minimal dataset: ``raw_image`` gives PIL images made from the given arrays."""
+
+    samples: list[tuple[str, int]]  # only set by a test that makes it look file-backed
 
     def __init__(self, arrays: list[np.ndarray]) -> None:
         self.arrays = arrays
@@ -587,6 +592,7 @@ def test_build_data_torch_path_with_a_validation_split(tmp_path: Path) -> None:
     bundle = build_data(cfg, DistContext(), torch.device("cpu"))
     reference = load_dataset("digits", split="val", val_fraction=0.1, val_seed=2)
     assert bundle.path == "torch" and bundle.val is not None and bundle.fixed_train_inputs
+    assert isinstance(bundle.val, TorchSource)
     assert bundle.val.targets.tolist() == list(reference.targets)
     assert [len(index) for _, _, index in bundle.val.epoch(0)] == [100, len(reference) - 100]
     train_size = 1438 - len(reference)
@@ -696,7 +702,9 @@ def test_fill_computes_only_needed_views_into_their_epoch_and_sample() -> None:
     needed[0, [1, 3, 4]] = True
     needed[2, [0, 2, 3]] = True
     teacher = EchoTeacher(2).train()
-    assert cache.fill(teacher, EpochIndexImages(5), needed, batch_size=2) == 6
+    # EpochIndexImages stands in for the PlannedDataset fill reads (len, set_epoch, items)
+    stand_in = EpochIndexImages(5)
+    assert cache.fill(teacher, stand_in, needed, batch_size=2) == 6  # type: ignore[arg-type]
     assert teacher.training and teacher.images == 6
     assert torch.equal(cache.filled, needed)
     for epoch in (1, 2, 3):
@@ -712,7 +720,8 @@ def test_fill_computes_only_needed_views_into_their_epoch_and_sample() -> None:
     assert cache.lookup(3, torch.tensor([3, 0]), meta).device == meta
     more = needed.clone()
     more[1, 4] = True
-    assert cache.fill(teacher, EpochIndexImages(5), more, batch_size=2) == 1  # only the new one
+    assert cache.fill(teacher, EpochIndexImages(5), more,  # type: ignore[arg-type]
+                      batch_size=2) == 1  # only the new one
     assert teacher.images == 7 and cache.logits[1, 4].tolist() == [204.0, 204.0]
 
 
@@ -808,7 +817,7 @@ def test_planned_cache_of_float16_and_every_epoch_by_default(tmp_path: Path) -> 
     cfg, data = _planned_run(tmp_path, cache_dtype="float16", cache_max_gb=3.8e-7)
     teacher = create_model("tiny_cnn", num_classes=3, width=4)
     cache, _ = resolve_planned_cache(cfg, data, teacher, None, get_preset(RRC),
-                                     torch.device("cpu"), DistContext(), {}, [].append)
+                                     torch.device("cpu"), DistContext(), {}, list[str]().append)
     assert cache is not None and cache.logits.dtype == torch.float16
     assert torch.equal(cache.filled, _needed_views(range(1, 4)))
 
@@ -821,7 +830,7 @@ def test_a_planned_cache_over_the_size_limit_is_refused_or_skipped(
     teacher = create_model("tiny_cnn", num_classes=3, width=4)
     args = (teacher, None, get_preset(RRC), torch.device("cpu"), DistContext(), {"mode": "x"})
     with pytest.raises(ValueError, match=r"teacher.cache=on: 3 epochs x 21 samples x 3 classes"):
-        resolve_planned_cache(cfg, data, *args, [].append)
+        resolve_planned_cache(cfg, data, *args, list[str]().append)
     cfg.teacher.cache = "auto"
     say: list[str] = []
     cache, info = resolve_planned_cache(cfg, data, *args, say.append)
@@ -902,11 +911,12 @@ def test_a_dataset_without_raw_images_keeps_the_live_teacher(tmp_path: Path) -> 
                         ctx=DistContext(), num_workers=0, channels_last=False, max_steps=None)
     data = SimpleNamespace(train=train, num_classes=3)
     teacher = create_model("tiny_cnn", num_classes=3, width=4)
-    args = (cfg, data, teacher, None, get_preset(RRC), torch.device("cpu"), DistContext(), {})
+    record: dict[str, Any] = {}
+    args = (cfg, data, teacher, None, get_preset(RRC), torch.device("cpu"), DistContext(), record)
     with pytest.raises(ValueError, match="cannot take planned crops"):
-        resolve_planned_cache(*args, [].append)
+        resolve_planned_cache(*args, list[str]().append)
     cfg.teacher.cache = "auto"
-    cache, info = resolve_planned_cache(*args, [].append)
+    cache, info = resolve_planned_cache(*args, list[str]().append)
     assert cache is None and info["status"] == "live"
     assert isinstance(train.dataset.dataset, UnplannableImages)
 
@@ -916,6 +926,7 @@ def test_the_planned_cache_record_gives_its_size_in_mib(tmp_path: Path) -> None:
     fields = {"dataset": "d", "split": "train", "plan": {"seed": 0, "epochs": 1},
               "num_samples": 1000, "num_classes": 100, "dtype": "float32"}
     nothing = torch.zeros(1, 1000, dtype=torch.bool)
-    _, record = load_or_build_planned(EchoTeacher(100), fields, EpochIndexImages(1000),
+    _, record = load_or_build_planned(EchoTeacher(100), fields,
+                                      EpochIndexImages(1000),  # type: ignore[arg-type]
                                       tmp_path, nothing)
     assert record["size_mb"] == 0.4 and record["status"] == "hit" and record["computed"] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -186,7 +187,10 @@ def test_figkd_variants_equal_pywavelets_reference(options: dict, num_classes: i
 
 def test_figkd_is_zero_for_identical_logits(detail_path: str) -> None:
     z = _logits(8, 100, 5)
-    for options in [{}, dict(level=3), dict(bands="both"), dict(transform="1d"), dict(wavelet="db2")]:
+    variants: list[dict[str, Any]] = [
+        {}, dict(level=3), dict(bands="both"), dict(transform="1d"), dict(wavelet="db2")
+    ]
+    for options in variants:
         assert FiGKDLoss(**options).detail_loss(z, z.clone()).item() == 0.0
 
 
@@ -219,8 +223,10 @@ def test_figkd_switches_change_only_what_they_should() -> None:
     s, t, y = _logits(16, 100, 7), _logits(16, 100, 8), _labels(16, 100)
     base = FiGKDLoss()(s, t, y)
     ce_reference = F.cross_entropy(s, y)
-    variants = [dict(level=2), dict(bands="both"), dict(transform="1d"), dict(wavelet="db2"),
-                dict(reduction="sum"), dict(noise_std=0.3), dict(mode="symmetric")]
+    variants: list[dict[str, Any]] = [
+        dict(level=2), dict(bands="both"), dict(transform="1d"), dict(wavelet="db2"),
+        dict(reduction="sum"), dict(noise_std=0.3), dict(mode="symmetric"),
+    ]
     for options in variants:
         terms = FiGKDLoss(**options).train()(s, t, y)
         torch.testing.assert_close(terms["ce"], ce_reference)  # CE never moves
@@ -257,7 +263,10 @@ def test_figkd_gradients_reach_student_never_teacher(detail_path: str) -> None:
     s = _logits(3, 67, 11).requires_grad_(True)
     t = _logits(3, 67, 12).requires_grad_(True)
     y = _labels(3, 67)
-    for options in [{}, dict(level=2), dict(transform="1d"), dict(wavelet="db2"), dict(bands="both")]:
+    variants: list[dict[str, Any]] = [
+        {}, dict(level=2), dict(transform="1d"), dict(wavelet="db2"), dict(bands="both")
+    ]
+    for options in variants:
         loss = FiGKDLoss(**options)
         assert torch.autograd.gradcheck(lambda z: loss.detail_loss(z, t), (s,))
         sum(loss(s, t, y).values()).backward()
@@ -292,6 +301,7 @@ def test_losses_run_under_bf16_autocast() -> None:
             total = sum(terms.values())
             assert total.dtype == torch.float32 and torch.isfinite(total)
     total.backward()
+    assert s.grad is not None
     assert torch.isfinite(s.grad).all()
 
 
@@ -317,7 +327,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
         loss(s, bad, y)
     with pytest.raises(ValueError, match="student_logits contains 1 non-finite"):
         KDLoss()(bad, t, y)
-    for options, message in [
+    cases: list[tuple[dict[str, Any], str | None]] = [
         (dict(bands="mid"), "bands must be one of 'high', 'low', 'both'"),
         (dict(transform="3d"), "transform must be one of '2d', '1d'"),
         (dict(reduction="none"), "reduction must be one of 'mean', 'sum'"),
@@ -326,7 +336,8 @@ def test_bad_inputs_raise_clear_errors() -> None:
         (dict(level=0), "level must be a positive integer"),
         (dict(beta=-1.0), "beta must be a finite number >= 0"),
         (dict(grid=(3, 3)), None),
-    ]:
+    ]
+    for options, message in cases:
         if message is None:
             with pytest.raises(ValueError, match="holds 9 cells but there are 100 classes"):
                 FiGKDLoss(**options)(s, t, y)

@@ -10,6 +10,8 @@ autocast off and on, and must give the same terms and gradients.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -20,7 +22,7 @@ LOGIT_ONLY = sorted(
     if not getattr(build_loss(name), "needs_features", False)
     and not getattr(build_loss(name), "needs_images", False)
 )
-VARIANTS = [(name, {}) for name in LOGIT_ONLY] + [
+VARIANTS: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in LOGIT_ONLY] + [
     ("kd", {"standardize": True}),
     ("dkd", {"standardize": True}),
     ("mlkd", {"standardize": True}),
@@ -92,7 +94,7 @@ def test_half_precision_logits_give_the_terms_of_their_float32_values(
 RELATIONAL = ["rkd", "pkt", "sp", "at", "catkd"]
 
 
-def _feature_terms(name: str, dtype: torch.dtype | None) -> tuple[dict, torch.Tensor]:
+def _feature_terms(name: str, dtype: torch.dtype | None) -> tuple[dict, torch.Tensor | None]:
     from figkd.models import create_model
 
     torch.manual_seed(3)

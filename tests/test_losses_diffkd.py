@@ -22,7 +22,7 @@ from figkd.losses.diffkd import (
     ddpm_noise_loss,
     linear_alphas_cumprod,
 )
-from figkd.models import create_model
+from figkd.models import ZooModel, create_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cifar100" / "diffkd"
 
@@ -85,9 +85,10 @@ def test_denoise_runs_the_noise_adapted_ddim_chain() -> None:
     )  # fmt: skip
     with torch.no_grad():
         for conv in (branch.connector, branch.proj):
+            assert conv.bias is not None
             conv.weight.copy_(torch.eye(c)[:, :, None, None])
             conv.bias.zero_()
-    branch.noise_adapter = _Const(0.7)
+    branch.noise_adapter = _Const(0.7)  # type: ignore[assignment]
     seen: list[int] = []
 
     class Stub(nn.Module):
@@ -138,7 +139,7 @@ def test_ddpm_noise_loss_on_stub_denoisers() -> None:
 
 def _pair(
     seed: int = 0, **options: object
-) -> tuple[nn.Module, nn.Module, DiffKDLoss, Tensor, Tensor]:
+) -> tuple[ZooModel, ZooModel, DiffKDLoss, Tensor, Tensor]:
     torch.manual_seed(seed)
     student = create_model("tiny_cnn", num_classes=10, width=4)
     teacher = create_model("tiny_cnn", num_classes=10, width=8).eval()
@@ -151,7 +152,7 @@ def _pair(
     return student, teacher, loss, x, y
 
 
-def _step(student: nn.Module, teacher: nn.Module, loss: DiffKDLoss, x: Tensor, y: Tensor) -> dict:
+def _step(student: ZooModel, teacher: ZooModel, loss: DiffKDLoss, x: Tensor, y: Tensor) -> dict:
     fs = student.forward_features(x)
     with torch.no_grad():
         ft = teacher.forward_features(x)
@@ -164,7 +165,8 @@ def test_gradients_reach_student_and_every_diffkd_module_never_the_teacher() -> 
     terms = _step(student, teacher, loss, x, y)
     sum(terms.values()).backward()
     assert all(p.grad is None for p in teacher.parameters())
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    student_grads = [p.grad for p in student.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in student_grads)
     fb, lb = loss.feature_branch, loss.logit_branch
     assert fb is not None and lb is not None and fb.ae is not None
     for name, module in [
@@ -175,7 +177,7 @@ def test_gradients_reach_student_and_every_diffkd_module_never_the_teacher() -> 
     ]:  # fmt: skip
         grads = [p.grad for p in module.parameters()]
         assert grads and all(g is not None for g in grads), name
-        assert sum(float(g.abs().sum()) for g in grads) > 0, name
+        assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0, name
 
 
 def test_terms_finite_under_bf16_autocast() -> None:
@@ -192,11 +194,13 @@ def test_output_terms_and_switches() -> None:
     terms = _step(student, teacher, loss, x, y)
     assert set(terms) == set(DiffKDLoss.term_names)
     assert all(v.ndim == 0 for v in terms.values()) and terms["ae"].item() > 0
+    assert loss.feature_branch is not None and loss.feature_branch.ae is not None
     assert loss.feature_branch.ae.encoder[0].out_channels == 16  # the teacher's 32 channels halved
 
     student, teacher, plain, x, y = _pair(logit_diffusion=False, use_ae=False, feat_weight=2.0)
     terms = _step(student, teacher, plain, x, y)
     assert set(terms) == {"ce", "feat", "diff", "ae", "logit"} and float(terms["ae"]) == 0.0
+    assert plain.feature_branch is not None
     assert plain.logit_branch is None and plain.feature_branch.ae is None
     with pytest.raises(RuntimeError, match="setup"):
         build_loss("diffkd")(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, dtype=torch.long),
@@ -246,6 +250,7 @@ def test_heterogeneous_pairs_pool_the_teacher_map(pair: tuple[str, str]) -> None
     student = create_model(pair[1], num_classes=100)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
     loss = build_loss("diffkd")
+    assert isinstance(loss, DiffKDLoss)
     loss.setup(student, teacher, example_input=x, num_train_samples=10)
     terms = _step(student, teacher, loss, x, y)
     assert all(torch.isfinite(v) for v in terms.values())
@@ -258,7 +263,8 @@ class _Killed(Exception):
 class _KillableDiffKD(DiffKDLoss):
     def __init__(self, kill_at: tuple[int, int] | None = None) -> None:
         super().__init__()
-        self.kill_at, self.calls = kill_at, {}
+        self.kill_at = kill_at
+        self.calls: dict[int, int] = {}  # epoch -> forward calls
 
     def forward(self, *args: Any, **context: Any) -> dict[str, Tensor]:
         epoch = context["epoch"]
@@ -309,10 +315,14 @@ def test_default_map_is_the_one_the_head_pools() -> None:
     student = create_model("MobileNetV2", num_classes=100)
     x = torch.randn(2, 3, 32, 32)
     default = build_loss("diffkd")
+    assert isinstance(default, DiffKDLoss)
     default.setup(student, teacher, example_input=x, num_train_samples=2)
+    assert default.feature_branch is not None
     assert default.feature_branch.connector.in_channels == 1280
     staged = build_loss("diffkd", stage=-1)
+    assert isinstance(staged, DiffKDLoss)
     staged.setup(student, teacher, example_input=x, num_train_samples=2)
+    assert staged.feature_branch is not None
     assert staged.feature_branch.connector.in_channels == 160
     feats = student.forward_features(x)
     assert torch.equal(default._stage(feats, "student"), feats["pooled_map"])

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from figkd.distiller import Distiller
 from figkd.losses import build_loss
+from figkd.losses.dml import DMLLoss
 from figkd.losses.feature_utils import ConvRegressor, paired_stages
 from figkd.models import create_model
 
@@ -171,15 +172,17 @@ def test_vid_matches_numpy_with_learned_variance() -> None:
     zs, zt, y = _case(b=2)
     s = [RNG.normal(size=(2, 3, 2, 2))]
     t = [RNG.normal(size=(2, 4, 2, 2))]
+    from figkd.losses.vid import VIDHead, VIDLoss
+
     loss = build_loss("vid")
+    assert isinstance(loss, VIDLoss)
     loss.setup(create_model("tiny_cnn", num_classes=4, in_channels=1, width=2),
                create_model("tiny_cnn", num_classes=4, in_channels=1, width=3),
                example_input=torch.randn(2, 1, 8, 8), num_train_samples=2)
     # rebuild for our shapes: one head 3 -> 4 channels
-    from figkd.losses.vid import VIDHead
-
     loss.heads = nn.ModuleList([VIDHead(3, 4, 5.0, 1e-5)]).double()
     head = loss.heads[0]
+    assert isinstance(head, VIDHead)
     var0 = head.variance().detach().numpy()
     assert np.allclose(var0, 5.0)
     with torch.no_grad():
@@ -198,6 +201,7 @@ def test_dml_matches_numpy_and_trains_each_network_from_its_own_terms() -> None:
     torch.manual_seed(0)
     student = create_model("tiny_cnn", num_classes=5, in_channels=1, width=2)
     loss = build_loss("dml")
+    assert isinstance(loss, DMLLoss)
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 5, (6,))
     loss.setup(student, None, example_input=x, num_train_samples=6)
     assert isinstance(loss.peer, type(student)) and loss.peer.width == 2
@@ -228,6 +232,7 @@ def test_dml_peer_must_match_the_student_or_be_named() -> None:
     x = torch.randn(2, 1, 8, 8)
     named = build_loss("dml", peer="tiny_cnn", peer_args={"width": 6})
     named.setup(student, None, example_input=x, num_train_samples=2)
+    assert isinstance(named, DMLLoss) and named.peer is not None
     assert named.peer.width == 6
     bad = build_loss("dml", peer_args={"width": 3})
     with pytest.raises(ValueError, match="does not match the student"):
@@ -259,7 +264,7 @@ def test_gradients_reach_student_and_connectors_never_the_teacher(method: str) -
         seen.update(kwargs)
         return original(*args, **kwargs)
 
-    loss.forward = spy  # type: ignore[method-assign]
+    loss.forward = spy
     _, terms = distiller(x, y, epoch=1)
     feature_terms = [v for k, v in terms.items() if k != "ce"]
     sum(feature_terms).backward()

@@ -8,6 +8,7 @@ reads only the networks' and loss modules' parameters, never the loss modules' h
 from __future__ import annotations
 
 import math
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pytest
@@ -16,13 +17,33 @@ from numpy_reference import as_numpy, np_bn_train, np_ce, np_conv1x1
 from scipy.stats import norm
 
 from figkd.losses import build_loss
-from figkd.losses.crd import crd_memory_bytes
+from figkd.losses.crd import CRDLoss, crd_memory_bytes
+from figkd.losses.ofd import OFDLoss
+from figkd.losses.reviewkd import ABF, ReviewKDLoss
 from figkd.models import create_model
 
 METHODS = ("ofd", "crd", "reviewkd", "catkd")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+def _part(module: torch.nn.Module, path: str, kind: type[ModuleT]) -> ModuleT:
+    """The submodule of ``module`` at ``path`` (as in its state-dict keys), checked to be a
+    ``kind``: the references read the parameters of layers the networks and losses nest."""
+    part = module.get_submodule(path)
+    assert isinstance(part, kind), (path, type(part))
+    return part
+
+
+def _abfs(loss: torch.nn.Module) -> list[ABF]:
+    """ReviewKD's fusion modules (built by setup), deepest level first."""
+    assert isinstance(loss, ReviewKDLoss) and loss.abfs is not None
+    abfs = list(loss.abfs)
+    assert all(isinstance(abf, ABF) for abf in abfs)
+    return cast("list[ABF]", abfs)
 
 
 def _pair(seed: int = 0, s_width: int = 2, t_width: int = 4, classes: int = 5):
@@ -114,9 +135,10 @@ def test_ofd_value_matches_numpy_with_bn_margins() -> None:
     total = 0.0
     n = len(sf["preact_stages"])
     for i in range(n):
-        conv, bn = loss.connectors[i][0], loss.connectors[i][1]
+        conv = _part(loss, f"connectors.{i}.0", torch.nn.Conv2d)
+        bn = _part(loss, f"connectors.{i}.1", torch.nn.BatchNorm2d)
         s = np_bn_train(np_conv1x1(as_numpy(sf["preact_stages"][i]), conv), bn)
-        t_bn = teacher.stages[i][0].bn
+        t_bn = _part(teacher, f"stages.{i}.0.bn", torch.nn.BatchNorm2d)
         margin = _np_margin(as_numpy(t_bn.bias), as_numpy(t_bn.weight)).reshape(1, -1, 1, 1)
         t = np.maximum(as_numpy(tf["preact_stages"][i]), margin)
         d = 0.0
@@ -133,6 +155,7 @@ def test_ofd_batch_margin_when_preact_is_not_a_bn_output() -> None:
     teacher = create_model("resnet8", num_classes=5).eval().requires_grad_(False)
     x = torch.randn(4, 3, 16, 16)
     loss = build_loss("ofd")
+    assert isinstance(loss, OFDLoss)
     loss.setup(student, teacher, example_input=x, num_train_samples=4)
     assert loss.margin_sources == ["batch"] * 3  # BN + shortcut sums
     sf, tf = _features(student, teacher, x)
@@ -153,17 +176,19 @@ def test_ofd_batch_margin_when_preact_is_not_a_bn_output() -> None:
 
 
 # ------------------------------------------------------------------------------------ CRD
-def test_crd_value_matches_numpy() -> None:
+def test_crd_value_matches_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
     student, teacher = _pair(2)
     n_samples, k = 20, 5
     x = torch.randn(4, 3, 8, 8)
     y = torch.randint(0, 5, (4,))
     index = torch.tensor([3, 0, 19, 7])
     loss = build_loss("crd", num_negatives=k, feat_dim=8)
+    assert isinstance(loss, CRDLoss)
     loss.setup(student, teacher, example_input=x, num_train_samples=n_samples)
     rng = np.random.default_rng(0)
     rows = np.concatenate([index.numpy()[:, None], rng.integers(0, n_samples, (4, k))], 1)
-    loss.sample_indices = lambda idx: torch.as_tensor(rows)  # fixed draws for the reference
+    # fixed draws for the reference
+    monkeypatch.setattr(loss, "sample_indices", lambda idx: torch.as_tensor(rows))
     bank_s, bank_t = as_numpy(loss.memory_s), as_numpy(loss.memory_t)
     sf, tf = _features(student, teacher, x)
     terms = loss(sf["logits"], tf["logits"], y, student_features=sf, teacher_features=tf,
@@ -173,8 +198,8 @@ def test_crd_value_matches_numpy() -> None:
         v = as_numpy(f) @ as_numpy(lin.weight).T + as_numpy(lin.bias)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
-    s = embed(sf["embedding"], loss.embed_s.linear)
-    t = embed(tf["embedding"], loss.embed_t.linear)
+    s = embed(sf["embedding"], _part(loss, "embed_s.linear", torch.nn.Linear))
+    t = embed(tf["embedding"], _part(loss, "embed_t.linear", torch.nn.Linear))
 
     def nce(anchor, bank):
         e = np.exp(np.einsum("bkd,bd->bk", bank[rows], anchor) / 0.07)
@@ -230,6 +255,7 @@ def test_crd_memory_accounting_dtype_and_device_pinning() -> None:
     x = torch.randn(2, 3, 8, 8)
     for dtype, b in (("float32", 4), ("float16", 2), ("bfloat16", 2)):
         loss = build_loss("crd", num_negatives=16, memory_dtype=dtype)
+        assert isinstance(loss, CRDLoss)
         loss.setup(student, teacher, example_input=x, num_train_samples=100)
         assert loss.memory_s.dtype == getattr(torch, dtype)
         nbytes = loss.memory_s.nelement() * loss.memory_s.element_size() * 2
@@ -246,7 +272,7 @@ def test_crd_memory_accounting_dtype_and_device_pinning() -> None:
     pinned.setup(student, teacher, example_input=x, num_train_samples=100)
     pinned.double()
     assert pinned.memory_s.dtype == torch.float16
-    assert pinned.embed_s.linear.weight.dtype == torch.float64
+    assert _part(pinned, "embed_s.linear", torch.nn.Linear).weight.dtype == torch.float64
     with pytest.raises(ValueError, match="2 training samples"):
         build_loss("crd").setup(student, teacher, example_input=x, num_train_samples=1)
     with pytest.raises(ValueError, match="memory_dtype"):
@@ -257,6 +283,7 @@ def test_crd_eval_mode_leaves_the_banks_alone_and_needs_index() -> None:
     student, teacher = _pair(5)
     x = torch.randn(4, 3, 8, 8)
     loss = build_loss("crd", num_negatives=8, feat_dim=8)
+    assert isinstance(loss, CRDLoss)
     loss.setup(student, teacher, example_input=x, num_train_samples=30)
     sf, tf = _features(student, teacher, x)
     y = torch.zeros(4, dtype=torch.long)
@@ -299,16 +326,21 @@ def test_reviewkd_value_matches_numpy() -> None:
     s_lv = [as_numpy(s) for s in sf["stages"]] + [as_numpy(sf["embedding"])[:, :, None, None]]
     t_lv = [as_numpy(t) for t in tf["preact_stages"]] + [as_numpy(tf["embedding"])[:, :, None, None]]
     outs, residual = [], None
-    for abf, xs, xt in zip(loss.abfs, s_lv[::-1], t_lv[::-1]):  # deepest level first
-        h = np_bn_train(np_conv1x1(xs, abf.conv1[0]), abf.conv1[1])
+    for abf, xs, xt in zip(_abfs(loss), s_lv[::-1], t_lv[::-1]):  # deepest level first
+        conv1 = _part(abf, "conv1.0", torch.nn.Conv2d)
+        bn1 = _part(abf, "conv1.1", torch.nn.BatchNorm2d)
+        h = np_bn_train(np_conv1x1(xs, conv1), bn1)
         if residual is not None:
             r = _np_nearest(residual, h.shape[-2:])
-            att = 1 / (1 + np.exp(-np_conv1x1(np.concatenate([h, r], 1), abf.att_conv[0])))
+            att_conv = _part(abf, "att_conv.0", torch.nn.Conv2d)
+            att = 1 / (1 + np.exp(-np_conv1x1(np.concatenate([h, r], 1), att_conv)))
             h = h * att[:, 0:1] + r * att[:, 1:2]
         else:
             assert abf.att_conv is None
         h = _np_nearest(h, xt.shape[-2:])
-        outs.append(np_bn_train(_np_conv3x3(h, abf.conv2[0]), abf.conv2[1]))
+        conv2 = _part(abf, "conv2.0", torch.nn.Conv2d)
+        bn2 = _part(abf, "conv2.1", torch.nn.BatchNorm2d)
+        outs.append(np_bn_train(_np_conv3x3(h, conv2), bn2))
         residual = h
     want = 5.0 * (4 / 20) * sum(_np_hcl(o, t) for o, t in zip(outs, t_lv[::-1]))
     assert terms["review"].item() == pytest.approx(want, rel=1e-4)
@@ -384,7 +416,7 @@ def test_catkd_refuses_a_network_without_the_pooled_map() -> None:
             return "inner.fc"
 
         def forward_features(self, x: torch.Tensor) -> dict:
-            feats = dict(self.inner.forward_features(x))
+            feats: dict[str, Any] = dict(self.inner.forward_features(x))
             feats["pooled_map"] = feats["pooled_map"] * 2  # not what the head averages
             return feats
 
@@ -416,7 +448,7 @@ def _run(method: str, student, teacher, x, *, autocast: bool = False, **opts):
 def test_gradients_reach_student_and_connectors_never_teacher(method: str) -> None:
     student, teacher = _pair(9)
     x = torch.randn(8, 3, 8, 8)
-    opts = {"num_negatives": 16} if method == "crd" else {}
+    opts: dict[str, Any] = {"num_negatives": 16} if method == "crd" else {}
     loss, terms, _sf, x_t = _run(method, student, teacher, x, **opts)
     feat_term = next(v for k, v in terms.items() if k != "ce")
     assert feat_term.requires_grad and feat_term.item() > 0
@@ -501,7 +533,9 @@ def test_losses_are_registered_with_their_flags() -> None:
         cls = LOSSES.get(name)
         assert cls.needs_features
         assert cls.needs_sample_index == (name == "crd")
-    assert math.isclose(build_loss("ofd").feat_weight, 1e-3)
+    ofd = build_loss("ofd")
+    assert isinstance(ofd, OFDLoss)
+    assert math.isclose(ofd.feat_weight, 1e-3)
 
 
 # ------------------------------------------------------------- CRD under DDP (slow)

@@ -361,6 +361,7 @@ def test_extreme_logits_give_finite_values_and_gradients(name: str) -> None:
     terms = build_loss(name, **METHODS[name])(student, teacher, y)
     total = sum(terms.values())
     total.backward()
+    assert student.grad is not None
     assert torch.isfinite(total) and torch.isfinite(student.grad).all()
 
 
@@ -377,7 +378,9 @@ def test_bf16_autocast_gives_finite_float32_terms_and_gradients(name: str) -> No
     total = sum(terms.values())
     total.backward()
     assert all(v.dtype == torch.float32 for k, v in terms.items() if k != "ce")
-    assert torch.isfinite(total) and all(torch.isfinite(p.grad).all() for p in head.parameters())
+    assert torch.isfinite(total) and all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in head.parameters()
+    )
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -424,6 +427,7 @@ def test_takd_students_load_the_checkpoint_their_assistant_config_writes() -> No
     assert len(students) == 10
     for path in students:
         cfg = load_config(path)
+        assert cfg.teacher.checkpoint is not None, path
         stage = Path(cfg.teacher.checkpoint).parts[3]
         assistant = load_config(CONFIGS / "cifar100/takd_assistant" / f"{stage}.yaml")
         expected = (

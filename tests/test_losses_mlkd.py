@@ -101,6 +101,7 @@ def test_terms_vanish_when_student_equals_teacher_on_both_views() -> None:
 def test_standardized_instance_terms_ignore_shift_and_scale() -> None:
     sw, tw, ss, ts, y = _views(seed=4)
     loss = build_loss("mlkd", standardize=True)
+    assert isinstance(loss, MLKDLoss)
     assert loss.temperatures == (2.0, 3.0, 5.0, 2.0, 6.0) and loss.kd_weight == 9.0
     base = _call(loss, sw, tw, ss, ts, y)
     moved = _call(loss, 2.0 * sw + 1.0, tw, 3.0 * ss - 4.0, ts, y)
@@ -128,6 +129,7 @@ def test_gradients_finite_for_extreme_logits_and_bf16() -> None:
                                         teacher_logits_strong=views[3])
         total = sum(out.values())
         total.backward()
+        assert s_weak.grad is not None
         assert torch.isfinite(total) and torch.isfinite(s_weak.grad).all()
         s_weak.grad = None
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -135,6 +137,7 @@ def test_gradients_finite_for_extreme_logits_and_bf16() -> None:
         total = sum(MLKDLoss()(z, views[1] / 1e4, y, student_logits_strong=z,
                                teacher_logits_strong=views[3] / 1e4).values())
     total.backward()
+    assert s_weak.grad is not None
     assert torch.isfinite(s_weak.grad).all()
 
 

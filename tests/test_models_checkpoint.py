@@ -10,6 +10,7 @@ import torch
 import torchvision
 
 from figkd.models import CheckpointMismatchError, create_model, load_checkpoint
+from figkd.models.resnet_imagenet import ResNetImageNet
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -90,6 +91,7 @@ def test_recorded_architecture_is_quoted(tmp_path: Path) -> None:
 def test_exclude_classifier_loads_torchvision_imagenet_weights_for_200_classes() -> None:
     imagenet = torchvision.models.resnet18(weights=None, num_classes=1000)
     model = create_model("resnet18_imagenet", num_classes=200)
+    assert isinstance(model, ResNetImageNet)
     with pytest.raises(CheckpointMismatchError, match="1000 classes"):
         load_checkpoint(model, imagenet.state_dict())
     own_fc = model.fc.weight.clone()

@@ -20,6 +20,8 @@ from functional_weights import Weights, check_features
 from torch import Tensor, nn
 
 from figkd.models import Features, ZooModel, count_parameters, create_model
+from figkd.models.resnet_cifar import CifarResNet
+from figkd.models.wrn import WideResNet
 
 B = 2
 NUM_CLASSES = 7
@@ -142,11 +144,13 @@ def test_stage_block_counts() -> None:
     with torch.device("meta"):
         for name, (depth, _) in RESNETS.items():
             model = create_model(name, num_classes=NUM_CLASSES)
+            assert isinstance(model, CifarResNet)
             assert [len(model.layer1), len(model.layer2), len(model.layer3)] == [
                 (depth - 2) // 6
             ] * 3, name
         for name, (depth, _) in WRNS.items():
             model = create_model(name, num_classes=NUM_CLASSES)
+            assert isinstance(model, WideResNet)
             blocks = [model.block1, model.block2, model.block3]
             assert [len(b.layer) for b in blocks] == [(depth - 4) // 6] * 3, name
 
@@ -164,6 +168,7 @@ def prepared(name: str, seed: int) -> ZooModel:
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 c = m.num_features
+                assert m.running_mean is not None and m.running_var is not None
                 m.running_mean.copy_(0.2 * torch.randn(c, generator=g, dtype=torch.float64))
                 m.running_var.copy_(0.5 + torch.rand(c, generator=g, dtype=torch.float64))
                 m.weight.copy_(0.5 + torch.rand(c, generator=g, dtype=torch.float64))

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from figkd.models import ZooModel, create_model, list_models
 from figkd.models.base import channel_shuffle
+from figkd.models.wrn import WideBasicBlock, WideResNet
 
 B = 2
 NUM_CLASSES = 5
@@ -179,8 +180,11 @@ def test_preact_features_relate_to_stages(name: str) -> None:
         elif relation == "identity":
             assert stage is pre or torch.equal(stage, pre)
     if relation == "next BN":  # WRN: each stage output through the BN that follows it
+        assert isinstance(model, WideResNet)
+        first2, first3 = model.block2.layer[0], model.block3.layer[0]
+        assert isinstance(first2, WideBasicBlock) and isinstance(first3, WideBasicBlock)
         with torch.no_grad():
-            nexts = [model.block2.layer[0].bn1, model.block3.layer[0].bn1, model.bn1]
+            nexts = [first2.bn1, first3.bn1, model.bn1]
             for (stage, pre), bn in zip(pairs, nexts):
                 torch.testing.assert_close(pre, bn(stage))
 

@@ -68,6 +68,7 @@ def test_no_alias_means_two_architectures() -> None:
 def test_cifar_and_imagenet_resnet50_are_distinct() -> None:
     cifar = create_model("ResNet50", num_classes=10)
     imagenet = create_model("resnet50_imagenet", num_classes=10)
+    assert isinstance(cifar.conv1, nn.Conv2d) and isinstance(imagenet.conv1, nn.Conv2d)
     assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1)
     assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.stride == (2, 2)
 
@@ -130,9 +131,14 @@ def test_tiny_cnn_widths_for_the_demo() -> None:
         create_model("tiny_cnn", width=0)
 
 
+def _fc(model: ZooModel) -> nn.Linear:
+    assert isinstance(model.fc, nn.Linear)
+    return model.fc
+
+
 def test_class_count_boundaries_and_the_cifar100_default() -> None:
     """One class is the smallest valid head; 4.0 is the integer 4; without a count the model
     is built for CIFAR-100, the paper's main benchmark (100 outputs)."""
-    assert create_model("resnet8", num_classes=1).fc.out_features == 1
-    assert create_model("resnet8", num_classes=4.0).fc.out_features == 4  # type: ignore[arg-type]
-    assert create_model("resnet8").fc.out_features == 100
+    assert _fc(create_model("resnet8", num_classes=1)).out_features == 1
+    assert _fc(create_model("resnet8", num_classes=4.0)).out_features == 4  # type: ignore[arg-type]
+    assert _fc(create_model("resnet8")).out_features == 100

@@ -15,6 +15,8 @@ architecture, after the same formulas reproduce the published counts.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -274,13 +276,14 @@ def prepared(name: str, seed: int, size: int, **kwargs: int) -> ZooModel:
         for m in norms:
             c = m.num_features
             m.momentum = 0.1
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.add_((draw(c) - 0.5) * 0.4 * m.running_var.sqrt())
             m.running_var.mul_(0.5 + draw(c))
             m.weight.copy_(0.5 + draw(c))
             m.bias.copy_(0.4 * (draw(c) - 0.5))
-        for m in model.modules():
-            if isinstance(m, nn.Linear):
-                m.bias.copy_(draw(m.out_features) - 0.5)
+        for layer in model.modules():
+            if isinstance(layer, nn.Linear):
+                layer.bias.copy_(draw(layer.out_features) - 0.5)
     return model.eval()
 
 
@@ -518,9 +521,12 @@ def test_tiny_cnn_equals_a_functional_reimplementation() -> None:
 
 
 # ------------------------------------------------------------ torchvision as the reference
-def torchvision_twin(model: ZooModel, build: type[nn.Module] | object) -> nn.Module:
-    """torchvision's model with our weights (the state-dict keys are torchvision's)."""
-    twin = build(weights=None, num_classes=NUM_CLASSES).double()  # type: ignore[operator]
+def torchvision_twin(model: ZooModel, build: Callable[..., Any]) -> Any:
+    """torchvision's model with our weights (the state-dict keys are torchvision's).
+
+    Typed ``Any``: torchvision ships no type information, and the tests reach into its
+    attributes (``layer1``, ``features``, ...)."""
+    twin = build(weights=None, num_classes=NUM_CLASSES).double()
     twin.load_state_dict(model.state_dict())  # float64 into float64: no rounding
     return twin.eval()
 
@@ -529,7 +535,7 @@ def torchvision_twin(model: ZooModel, build: type[nn.Module] | object) -> nn.Mod
     ("resnet18_imagenet", torchvision.models.resnet18),
     ("resnet50_imagenet", torchvision.models.resnet50),
 ])
-def test_imagenet_resnets_equal_torchvision(name: str, build: object) -> None:
+def test_imagenet_resnets_equal_torchvision(name: str, build: Callable[..., Any]) -> None:
     """Stem = maxpool(relu(bn1(conv1))); stages = layer1..4; a stage's preact is the input of
     its last block's final ReLU, captured from torchvision's own forward."""
     model = prepared(name, seed=31, size=32)
@@ -581,13 +587,15 @@ def test_imagenet_mobilenetv2_equals_torchvision() -> None:
     ("resnet18_imagenet", torchvision.models.resnet18),
     ("mobilenetv2_imagenet", torchvision.models.mobilenet_v2),
 ])
-def test_seeded_imagenet_models_draw_torchvisions_weights(name: str, build: object) -> None:
+def test_seeded_imagenet_models_draw_torchvisions_weights(
+    name: str, build: Callable[..., Any]
+) -> None:
     """Three input channels keep torchvision's own first conv: the same seed gives the same
     weights as torchvision (nothing re-drawn after its init)."""
     torch.manual_seed(5)
     ours = create_model(name, num_classes=NUM_CLASSES).state_dict()
     torch.manual_seed(5)
-    theirs = build(weights=None, num_classes=NUM_CLASSES).state_dict()  # type: ignore[operator]
+    theirs = build(weights=None, num_classes=NUM_CLASSES).state_dict()
     assert list(ours) == list(theirs)
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 

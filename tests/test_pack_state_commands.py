@@ -138,6 +138,13 @@ def test_pack_without_out_is_a_usage_error(
 # --------------------------------------------------------------------------- state
 
 
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """A regular file's bytes (extractfile gives None for anything else)."""
+    handle = tar.extractfile(member)
+    assert handle is not None, f"{member.name} is not a regular file"
+    return handle.read()
+
+
 def _write_study(root: Path, teacher_bytes: bytes) -> dict[str, bytes]:
     """A study folder by hand, in the engine's layout: a finished teacher (2 epochs, with
     ``teacher.pt``) and a finished student (3 epochs).  Returns every file's bytes."""
@@ -178,7 +185,7 @@ def test_state_export_show_import_with_default_part_and_budget(
     ]
     stream = b"".join(p.read_bytes() for p in parts)
     with tarfile.open(fileobj=io.BytesIO(stream), mode="r:") as tar:
-        carried = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        carried = {m.name: _read_member(tar, m) for m in tar.getmembers()}
     assert carried == files  # every file, byte for byte, in one tar stream cut into parts
 
     assert main(["state", "show", str(bundle)]) == 0

@@ -35,6 +35,7 @@ from figkd.data.transforms import (
     register_preset,
 )
 from figkd.engine import Trainer, load_weights_only, model_payload, save_atomic
+from figkd.engine.data import TorchSource
 from figkd.engine.planned_cache import PlannedLogitCache, load_or_build_planned, planned_fields
 from figkd.engine.teacher_cache import CacheKeyMismatchError
 from figkd.models import create_model
@@ -343,6 +344,7 @@ def test_logits_beyond_float16_fall_back_to_the_plain_live_path(
 ) -> None:
     torch.manual_seed(0)
     loud = create_model("tiny_cnn", num_classes=3, width=8)
+    assert isinstance(loud.fc, nn.Linear)
     with torch.no_grad():
         for parameter in loud.fc.parameters():
             parameter.mul_(1e7)
@@ -364,7 +366,9 @@ def test_methods_needing_features_fall_back_and_keep_plain_crops(
     trainer = Trainer(cfg, tmp_path / "fitnet")
     summary = trainer.fit()
     assert summary["teacher_cache"]["status"] == "live"
-    assert not isinstance(trainer.data.train.dataset.dataset, PlannedDataset)
+    train = trainer.data.train
+    assert isinstance(train, TorchSource)  # the DataLoader path: RandomResizedCrop
+    assert not isinstance(train.dataset.dataset, PlannedDataset)
 
 
 def test_a_bf16_run_on_the_planned_cache_ends_at_the_live_bf16_runs_weights(

@@ -92,6 +92,7 @@ def test_bar_mode_draws_a_tqdm_bar_with_the_loss() -> None:
     progress = EpochProgress("auto", total=3, epoch=2, epochs=5, every=100, prefix="s0 ",
                              stream=stream)
     assert progress.mode == "bar"
+    assert progress.bar is not None
     assert progress.needs_loss()  # every step shows the loss on a bar
     for loss in (3.0, 2.5, 1.125):
         progress.update(loss)
@@ -186,6 +187,7 @@ def _two_rank_job(rank: int, port: int, out: str) -> None:  # runs in a spawned 
     summed = dist_utils.all_reduce_sum(torch.tensor([rank + 1.0]), ctx).tolist()
     told = dist_utils.broadcast_object(f"from rank {rank}", ctx)
     norm = nn.BatchNorm1d(2)
+    assert norm.running_mean is not None  # track_running_stats defaults to True
     norm.running_mean.fill_(10.0 * (rank + 1))
     dist_utils.broadcast_buffers(norm, ctx)
     wrapped = dist_utils.wrap_ddp(nn.Linear(2, 1), ctx, cpu, sync_bn=False)

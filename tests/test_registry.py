@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from figkd.registry import Registry, UnknownNameError
@@ -40,10 +42,13 @@ def test_duplicate_names_are_refused() -> None:
     with pytest.raises(ValueError, match="already registered"):
         registry.add("ResNet8x4", 9)
 
-    @registry.register("decorated")
+    # The decorator form registers any object (here a function) under the given name.
+    entries = cast("Registry[object]", registry)
+
+    @entries.register("decorated")
     def entry() -> None: ...
 
-    assert registry.get("decorated") is entry
+    assert entries.get("decorated") is entry
 
 
 def _suggestions(names: list[str], query: str) -> str:

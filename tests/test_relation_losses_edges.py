@@ -26,7 +26,7 @@ from figkd.losses.feature_utils import (
 )
 from figkd.losses.pkt import pkt_loss
 from figkd.losses.rkd import pairwise_distance, rkd_terms
-from figkd.losses.vid import VIDHead
+from figkd.losses.vid import VIDHead, VIDLoss
 from figkd.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -255,23 +255,28 @@ def test_vid_head_starts_at_init_var() -> None:
 def test_vid_defaults_and_two_pooled_stage_pairs_match_numpy() -> None:
     torch.manual_seed(0)
     loss = build_loss("vid")
+    assert isinstance(loss, VIDLoss)
     loss.setup(create_model("tiny_cnn", num_classes=4, in_channels=1, width=2),
                create_model("tiny_cnn", num_classes=4, in_channels=1, width=3),
                example_input=torch.randn(2, 1, 8, 8), num_train_samples=2)
+    assert loss.heads is not None
     for head in loss.heads:  # documented defaults: initial variance 5, eps 1e-5
+        assert isinstance(head, VIDHead)
         assert head.eps == 1e-5
         np.testing.assert_allclose(head.variance().detach().double().numpy(), 5.0, rtol=3e-7)
     # rebuild for two stage pairs; the student's 4x4 map is average-pooled to the teacher's 2x2
     loss.heads = nn.ModuleList([VIDHead(2, 3, 5.0, 1e-5), VIDHead(3, 2, 5.0, 1e-5)]).double()
+    first, second = loss.heads
+    assert isinstance(first, VIDHead) and isinstance(second, VIDHead)
     rng = np.random.default_rng(8)
     zs, y = rng.normal(size=(2, 4)), np.array([3, 1])
     s = [rng.normal(size=(2, 1, 2, 2)), rng.normal(size=(2, 2, 4, 4)),
          rng.normal(size=(2, 3, 2, 2))]
     t = [rng.normal(size=(2, 3, 2, 2)), rng.normal(size=(2, 2, 2, 2))]
     with torch.no_grad():
-        loss.heads[1].alpha.copy_(torch.tensor([0.3, -1.0]))
+        second.alpha.copy_(torch.tensor([0.3, -1.0]))
     pooled = s[1].reshape(2, 2, 2, 2, 2, 2).mean(axis=(3, 5))
-    expected = _np_vid_head(loss.heads[0], pooled, t[0]) + _np_vid_head(loss.heads[1], s[2], t[1])
+    expected = _np_vid_head(first, pooled, t[0]) + _np_vid_head(second, s[2], t[1])
     terms = loss(_t(zs), None, torch.tensor(y), student_features={"stages": [_t(f) for f in s]},
                  teacher_features={"stages": [_t(f) for f in t]})
     assert float(terms["vid"].detach()) == pytest.approx(expected, rel=1e-12)
@@ -302,7 +307,9 @@ def _np_adaptive_pool(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 @pytest.mark.parametrize(("shape", "size"), [((5, 4), (2, 2)), ((4, 5), (2, 2)),
                                               ((6, 4), 2), ((6, 6), (3, 2)),
                                               ((1, 4), (2, 2)), ((4, 1), (2, 2))])
-def test_pool_to_matches_adaptive_windows(shape: tuple[int, int], size: object) -> None:
+def test_pool_to_matches_adaptive_windows(
+    shape: tuple[int, int], size: int | tuple[int, int]
+) -> None:
     x = np.random.default_rng(9).normal(size=(1, 2, *shape))
     out_h, out_w = (size, size) if isinstance(size, int) else size
     np.testing.assert_allclose(pool_to(_t(x), size).numpy(), _np_adaptive_pool(x, out_h, out_w),

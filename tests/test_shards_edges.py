@@ -355,7 +355,8 @@ def test_a_damaged_or_pickled_cache_file_is_decoded_again(
 ) -> None:
     """A truncated ``.npy`` or one holding pickled objects is not trusted (no pickle runs)."""
     images = _pixels(2, 3, 3, 3, seed=7)
-    (path,) = shards.write_shards(tmp_path / "p", "train", images, [0, 1], ["a", "b"], block=2)
+    (path,) = shards.write_shards(tmp_path / "p", "train", images, np.array([0, 1]), ["a", "b"],
+                                  block=2)
     keep = _cache_file(_own_cache, path)
     keep.parent.mkdir(parents=True)
     keep.write_bytes(b"\x93NUMPY truncated")
@@ -383,7 +384,7 @@ def test_dataset_items_grey_and_colour_and_the_test_subset(tmp_path: Path) -> No
     """A one-channel pack gives greyscale images; ``images_uint8`` is (N, C, H, W), built once;
     the test split takes ``test_per_class`` (not the train count)."""
     grey = _pixels(5, 2, 3, 1, seed=8)
-    shards.write_shards(tmp_path, "test", grey, [1, 1, 0, 1, 0], ["a", "b"], codec="raw")
+    shards.write_shards(tmp_path, "test", grey, np.array([1, 1, 0, 1, 0]), ["a", "b"], codec="raw")
     dataset = data.load_dataset("uint8-shards", tmp_path, "test", train_per_class=3,
                                 test_per_class=1)
     assert dataset.targets == [1, 0] and np.array_equal(dataset.data, grey[[0, 2]])
@@ -394,7 +395,7 @@ def test_dataset_items_grey_and_colour_and_the_test_subset(tmp_path: Path) -> No
     assert dataset.images_uint8() is chw
 
     colour = _pixels(3, 2, 3, 3, seed=9)
-    shards.write_shards(tmp_path, "train", colour, [0, 1, 0], ["a", "b"], codec="raw")
+    shards.write_shards(tmp_path, "train", colour, np.array([0, 1, 0]), ["a", "b"], codec="raw")
     full = data.load_dataset("uint8-shards", tmp_path, "train", train_per_class=None,
                              test_per_class=1)
     image, label = full[2]

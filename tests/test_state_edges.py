@@ -16,7 +16,7 @@ import random
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pytest
@@ -40,6 +40,10 @@ from figkd.engine.seeding import (
     worker_init_fn,
 )
 from figkd.models import create_model
+from figkd.models.tiny import TinyCNN
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 
 @pytest.fixture
@@ -199,6 +203,7 @@ def test_unwrap_strips_ddp_and_compile_wrappers_in_any_order() -> None:
 
 def test_model_payload_of_a_wrapped_zoo_model_is_a_teacher_file() -> None:
     model = create_model("tiny_cnn", num_classes=10, in_channels=1, width=4)
+    assert isinstance(model, TinyCNN)
     payload = model_payload(_DDPLike(_CompiledLike(model)), epoch=3)
     assert set(payload) == {"format", "model", "arch", "num_classes", "epoch"}
     assert (payload["format"], payload["arch"], payload["num_classes"]) == (1, "tiny_cnn", 10)
@@ -303,7 +308,7 @@ def test_summary_is_strict_json_with_two_space_indent(tmp_path: Path) -> None:
         "steps": np.int64(7),
         "inf": float("inf"),
         "pair": (1, float("-inf")),
-        3: "three",
+        3: "three",  # type: ignore[dict-item]  # a non-str key on purpose: written as "3"
         "name": "x",
     })
     assert run.summary.read_text() == (
@@ -333,8 +338,10 @@ class _Writer:
 
 def test_tensorboard_logger_writes_finite_scalars_only() -> None:
     logger = TensorBoardLogger.__new__(TensorBoardLogger)
-    logger.writer = writer = _Writer()
-    logger.scalars({"a": 1.5, "none": None, "nan": math.nan, "inf": -math.inf, "b": 0.0}, 4)
+    writer = _Writer()
+    logger.writer = cast("SummaryWriter", writer)
+    values = {"a": 1.5, "none": None, "nan": math.nan, "inf": -math.inf, "b": 0.0}
+    logger.scalars(values, 4)  # type: ignore[arg-type]  # None on purpose: skipped like nan/inf
     assert writer.scalars == [("a", 1.5, 4), ("b", 0.0, 4)] and writer.flushed == 1
     logger.close()
     assert writer.closed == 1

@@ -15,7 +15,7 @@ from randaugment_reference import chain_reference
 
 from figkd.data import GPUBatchLoader
 from figkd.data.cache import TensorImageCache
-from figkd.data.transforms import get_preset
+from figkd.data.transforms import SmallImagePreset, get_preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,7 +48,9 @@ def _crop_flip(images: torch.Tensor, params: dict[str, torch.Tensor], padding: i
 def test_both_views_equal_the_per_image_recipe_with_the_drawn_parameters() -> None:
     cache = _cache(48, 3, 32)
     loader = GPUBatchLoader(cache, 16, "cifar", seed=4, views=2)
-    padding = get_preset("cifar").padding
+    preset = get_preset("cifar")
+    assert isinstance(preset, SmallImagePreset)
+    padding = preset.padding
     plan = list(loader.plan(0))
     loader.return_params = True
     batches = list(loader)

@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,7 @@ def test_per_pair_loss_options_equal_the_pairs_configs(tmp_path: Path) -> None:
         study = S.plan_study(S.TIERS[tier], tmp_path / tier, tmp_path, device="cpu")
         jobs = S.student_jobs(study, {p.name: "0" * 64 for p in study.tier.pairs}, write=False)
         for job in jobs:
+            assert job.method is not None  # only a teacher's job has no method
             path = configs / job.method.name / f"{job.pair.teacher}_{job.pair.student}.yaml"
             if job.seed or job.method.name == "ce" or not path.is_file():
                 continue
@@ -95,8 +97,14 @@ def test_per_pair_loss_options_equal_the_pairs_configs(tmp_path: Path) -> None:
                     assert getattr(got, option) == getattr(want, option), (tier, path, option)
             checked += 1
     assert checked == 6 + 2 * 6  # short: 1 pair; paper: 2 pairs; 6 distilling methods each
-    by_method = {j.method.name: j.config.loss.args for j in jobs if j.pair.teacher == "vgg13"}
+    by_method = {_method_name(j): j.config.loss.args for j in jobs if j.pair.teacher == "vgg13"}
     assert by_method["dkd"]["beta"] == 6.0 and by_method["kd_ls"]["temperature"] == 3.0
+
+
+def _method_name(job: S.Job) -> str:
+    """The method of a student job (only a teacher's job has none)."""
+    assert job.method is not None, job.label
+    return job.method.name
 
 
 def _loss_of(cfg):
@@ -140,6 +148,7 @@ def test_table_mean_and_sample_std_by_hand(tmp_path: Path) -> None:
     assert best_std == pytest.approx(math.sqrt((49 / 9 + 1 / 9 + 64 / 9) / 2))
     assert result.wall_mean() == pytest.approx(20.0)
     ce = S.collect(tmp_path / "ce", "CE")
+    assert ce is not None
     table = S.results_table([ce, result], "CE", "CE")
     assert "| CE | 1 | 60.00 | 60.00 |  | 5 s |" in table
     assert "| KD | 3 | 73.00 ± 3.61 | 71.33 ± 2.52 | +13.00 | 20 s |" in table
@@ -275,7 +284,8 @@ def test_teacher_free_students_train_beside_the_teachers(
     methods = [m for m in S.main_methods(1) if m.name in ("ce", "kd")]
     study = S.plan_study(tier, tmp_path / "out", fake_root, device="cpu", methods=methods)
     batches: list[list[str]] = []
-    original = S.execute
+    # loosely typed: mypy cannot tell that the wrapper's *args leave `followers` out
+    original: Callable[..., list[S.Outcome]] = S.execute
 
     def recording(jobs, *args, followers, **kwargs):
         batches.append([job.label for job in jobs])
@@ -335,7 +345,8 @@ def test_first_methods_train_before_the_held_ones(
     study = S.plan_study(_tiny_tier(), tmp_path / "first", fake_root, device="cpu",
                          methods=methods, first=["dkd"])
     released: list[tuple[str, list[str]]] = []  # (ended run, the runs it let into the queue)
-    original = S.execute
+    # loosely typed: mypy cannot tell that the wrapper's *args leave `followers` out
+    original: Callable[..., list[S.Outcome]] = S.execute
 
     def recording(jobs, *args, followers, **kwargs):
         def noted(outcome):

@@ -81,7 +81,7 @@ def test_teacher_and_student_configs_hold_what_the_tier_asks(
 
     sha = "ab" * 32
     jobs = S.student_jobs(study, {PAIR_NAME: sha})
-    assert [(j.method.name, j.seed, j.kind) for j in jobs] == [
+    assert [(_method_name(j), j.seed, j.kind) for j in jobs] == [
         ("ce", 4, "train"), ("ce", 7, "train"), ("kd", 4, "distill"), ("kd", 7, "distill"),
     ]
     assert jobs[3].run_dir == out / PAIR_NAME / "kd" / "seed7"
@@ -103,7 +103,7 @@ def test_a_plan_without_a_teacher_checksum_has_only_the_teacher_free_students(
 ) -> None:
     study = S.plan_study(_tier(), tmp_path, fake_root, methods=_methods("ce", "kd", "figkd"),
                          write=False)
-    assert [(j.method.name, j.seed) for j in S.student_jobs(study, {}, write=False)] == [
+    assert [(_method_name(j), j.seed) for j in S.student_jobs(study, {}, write=False)] == [
         ("ce", 4), ("ce", 7)
     ]
     assert not (tmp_path / "unit").exists()  # --plan writes nothing
@@ -167,6 +167,12 @@ def test_a_per_class_subset_of_another_dataset_is_a_reader_option(tmp_path: Path
 
 
 # --------------------------------------------------------------------------- run states
+
+
+def _method_name(job: S.Job) -> str:
+    """The method of a student job (only a teacher's job has none)."""
+    assert job.method is not None, job.label
+    return job.method.name
 
 
 def _summary(run: Path, **data: Any) -> None:

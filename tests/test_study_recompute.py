@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ from figkd.data import synthetic
 from figkd.engine.seeding import set_deterministic
 from figkd.models.checkpoint import file_sha256
 
-QUIET = {"say": lambda _: None}
+QUIET: dict[str, Any] = {"say": lambda _: None}
 METHODS = [m for m in S.main_methods(2) if m.name in ("ce", "kd", "figkd")]
 
 
@@ -172,6 +173,7 @@ def test_a_record_of_another_teacher_fails_and_is_left_out_of_the_table(
     assert kd["status"] == "failed" and "another teacher" in kd["error"]
     sha = file_sha256(tampered.teacher_checkpoint(tampered.tier.pairs[0]))
     assert "--replace-stale" in kd["error"] and sha in kd["error"]
+    assert "another CPU or GPU model" in kd["error"]  # why a carried record goes stale
     S.write_study_report(tampered, manifest, "figkd study --tier unit", 1.0)
     text = (tampered.out / "study.md").read_text()
     bullets = text.split("\n\nTest accuracy")[0]  # among the provenance bullets

@@ -136,8 +136,9 @@ def test_budget_drops_the_least_advanced_runs_and_they_restart(
     kd_dir = _student(first, "kd")
     assert torch.load(kd_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
     # everything needed (no best.pt) but half of one student's last.pt
-    _, _, sizes = state.plan_export(first.out.parent, 1 << 40)
-    needed = 1024 + sum(state._tar_cost(n) for k, n in sizes.items() if "best.pt" not in k)
+    _, _, file_sizes = state.plan_export(first.out.parent, 1 << 40)
+    needed = state.TAR_END + sum(state._tar_cost(n, k) for k, n in file_sizes.items()
+                                 if "best.pt" not in k)
     one_student = (kd_dir / "checkpoints" / "last.pt").stat().st_size
     budget = (needed - one_student / 2) / MIB
     bundle = tmp_path / "b"
@@ -184,7 +185,7 @@ def test_unchanged_files_are_kept_not_resent_and_the_mirror_resolves_them(
     report = state.import_state(tmp_path / "b2", mirror, say=lambda _: None)
     assert len(report.taken) == 2 and len(report.kept_local) == 1  # students newer, teacher same
     runs = [state.describe_run(d, mirror) for d in state.find_run_dirs(mirror)]
-    assert [r.status for r in runs] == ["finished"] * 3
+    assert [r.status if r is not None else None for r in runs] == ["finished"] * 3
     assert not list(mirror.rglob("last.pt"))  # finished students carry no checkpoint
     assert len(list(mirror.rglob("teacher.pt"))) == 1
 
@@ -206,7 +207,8 @@ def test_budget_bounds_the_mirror_kept_files_included(
     _run(device1, stop_student_at=1, monkeypatch=monkeypatch)
     student = next(device1.out.rglob("kd/seed0/checkpoints/last.pt")).stat().st_size
     _, _, sizes = state.plan_export(device1.out.parent, 1 << 40)
-    needed = 1024 + sum(state._tar_cost(n) for k, n in sizes.items() if "best.pt" not in k)
+    needed = state.TAR_END + sum(state._tar_cost(n, k) for k, n in sizes.items()
+                                 if "best.pt" not in k)
     budget = (needed - student / 2) / MIB  # the teacher and one killed student (no best.pt)
     mirror = tmp_path / "mirror"
     state.export_state(device1.out.parent, tmp_path / "b1", budget_mib=budget, say=lambda _: None)

@@ -23,6 +23,13 @@ from figkd.analysis import study_state as state
 MIB = 1 << 20
 
 
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """A regular file's bytes (extractfile gives None for anything else)."""
+    handle = tar.extractfile(member)
+    assert handle is not None, f"{member.name} is not a regular file"
+    return handle.read()
+
+
 def _tar_bytes(size: int) -> int:
     """What one member of ``size`` bytes takes in a ustar/pax stream: header + padded data."""
     return 512 + 512 * math.ceil(size / 512)
@@ -87,14 +94,46 @@ def test_tar_cost_is_what_tarfile_writes() -> None:
             assert tar.offset == state._tar_cost(size)
 
 
+@pytest.mark.parametrize("name", ["x" * 100, "x" * 101, "unit/" + "p" * 300 + "/last.pt",
+                                  "unit/p/kd/seed\u00e9/last.pt"])
+def test_tar_cost_counts_the_extended_header_of_a_long_or_non_ascii_name(name: str) -> None:
+    for size in (0, 700):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(b"z" * size))
+            written = tar.offset
+        plain = _tar_bytes(size)
+        assert written == state._tar_cost(size, name)
+        assert (written > plain) == (len(name.encode()) > 100 or not name.isascii())
+
+
+def test_tar_end_bounds_the_record_padding_of_any_stream() -> None:
+    """``TarFile.close`` pads to a whole 10240-byte record: the stream's length is within
+    ``TAR_END`` of its members' costs, and reaches it for some member sizes."""
+    extras: set[int] = set()
+    for blocks in range(25):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for index in range(blocks):
+                info = tarfile.TarInfo(f"m{index}")
+                info.size = 0
+                tar.addfile(info)
+        extra = len(buffer.getvalue()) - blocks * state._tar_cost(0)
+        assert 1024 <= extra <= state.TAR_END
+        extras.add(extra)
+    assert max(extras) == state.TAR_END and min(extras) == 1024
+
+
 def test_budget_keeps_teachers_then_the_furthest_students_to_the_byte(
     study: dict[str, Path]
 ) -> None:
     """Finished runs first, then the killed teacher, then the student at epoch 5 before the
-    one at epoch 2; a budget that holds exactly those (1024 end bytes included) keeps them,
+    one at epoch 2; a budget that holds exactly those (the tar end included) keeps them,
     one byte less also drops the epoch-5 student."""
     root = study["root"]
-    budget = (1024 + _cost(study["ce"], FINISHED) + _cost(study["teacher"], KILLED)
+    budget = (state.TAR_END + _cost(study["ce"], FINISHED) + _cost(study["teacher"], KILLED)
               + _cost(study["kd"], KILLED))
     runs, tables, sizes = state.plan_export(root, budget)
     assert [r.path for r in runs] == ["unit/p/ce/seed0", "unit/teachers/t/seed0",
@@ -119,7 +158,7 @@ def test_best_pt_goes_to_the_furthest_run_while_it_fits(study: dict[str, Path]) 
     """After every needed file, ``best.pt`` of complete runs in priority order, each only if
     it fits; a dropped run's ``best.pt`` is never considered."""
     root = study["root"]
-    base = (1024 + _cost(study["ce"], FINISHED) + _cost(study["teacher"], KILLED)
+    base = (state.TAR_END + _cost(study["ce"], FINISHED) + _cost(study["teacher"], KILLED)
             + _cost(study["kd"], KILLED))
     best = _cost(study["kd"], ["checkpoints/best.pt"])
     assert best < _cost(study["dkd"], KILLED)  # the dkd run cannot take best.pt's room
@@ -160,7 +199,7 @@ def test_parts_are_cut_to_size_and_rejoin_into_the_tar_the_manifest_describes(
         joined = b"".join(p.read_bytes() for p in parts)
         assert len(joined) % 10240 == 0  # whole tar records: nothing lost at a cut
         with tarfile.open(fileobj=io.BytesIO(joined)) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+            members = {m.name: _read_member(tar, m) for m in tar.getmembers()}
         want = {f"{r['path']}/{n}" for r in on_disk["runs"] for n in r["sent"]}
         assert set(members) == want and len(want) == 3 + 3 * 3 + 2
         for name, content in members.items():
@@ -366,7 +405,7 @@ def test_tables_count_toward_the_budget(tmp_path: Path) -> None:
     (root / "unit" / "study.md").write_text("| method | acc |\n" * 100)
     (root / "report.csv").write_text("a,b\n")
     tables = ["report.csv", "unit/study.md"]
-    budget = 1024 + _cost(root, tables) + _cost(run, FINISHED)
+    budget = state.TAR_END + _cost(root, tables) + _cost(run, FINISHED)
     runs, got_tables, sizes = state.plan_export(root, budget)
     assert got_tables == tables and runs[0].complete
     assert sizes["unit/study.md"] == len("| method | acc |\n" * 100)
@@ -486,7 +525,7 @@ def test_show_names_each_runs_state_and_what_it_sends_or_keeps(
     (root / ".figkd-state-imported.json").write_text(json.dumps({
         f"unit/teachers/t/seed0/{n}": {"sha256": _sha((teacher / n).read_bytes()),
                                        "bytes": (teacher / n).stat().st_size} for n in held}))
-    budget = (1024 + _cost(study["ce"], FINISHED) + _cost(teacher, KILLED)
+    budget = (state.TAR_END + _cost(study["ce"], FINISHED) + _cost(teacher, KILLED)
               + _cost(study["kd"], KILLED))
     dest = tmp_path / "bundle"
     state.export_state(root, dest, budget_mib=budget / MIB, say=lambda _: None)
@@ -519,7 +558,7 @@ def _members(bundle: Path) -> dict[str, bytes]:
     """A bundle's tar stream, parts joined by hand, as ``{name: bytes}``."""
     joined = b"".join(p.read_bytes() for p in sorted(bundle.glob("state.tar.*")))
     with tarfile.open(fileobj=io.BytesIO(joined)) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        return {m.name: _read_member(tar, m) for m in tar.getmembers()}
 
 
 def _three_bundle_limit(study: dict[str, Path]) -> int:
@@ -528,8 +567,9 @@ def _three_bundle_limit(study: dict[str, Path]) -> int:
     teacher = _cost(study["teacher"], KILLED)
     kd = _cost(study["kd"], [*KILLED, "checkpoints/best.pt"])
     dkd = _cost(study["dkd"], [*KILLED, "checkpoints/best.pt"])
-    limit = 1024 + ce + teacher + 100  # tar end blocks + the first two runs, with 100 to spare
-    assert kd > 100 and 1024 + kd <= limit < 1024 + kd + dkd  # hence one run per later bundle
+    end = state.TAR_END
+    limit = end + ce + teacher + 100  # the tar end + the first two runs, with 100 to spare
+    assert kd > 100 and end + kd <= limit < end + kd + dkd  # hence one run per later bundle
     return limit
 
 
@@ -548,7 +588,7 @@ def test_bundles_hold_whole_runs_in_priority_order_within_their_size(
         manifest = json.loads((bundle / "state.json").read_text())
         assert [r["path"] for r in manifest["runs"]] == paths
         tar_bytes = sum(p.stat().st_size for p in bundle.glob("state.tar.*"))
-        assert tar_bytes <= limit + 10240  # tarfile pads the stream to 10240-byte records
+        assert tar_bytes <= limit  # the record padding included (TAR_END)
         members = _members(bundle)
         assert set(members) == {f"{r['path']}/{n}" for r in manifest["runs"] for n in r["sent"]}
         for member, content in members.items():
@@ -586,7 +626,7 @@ def test_a_run_larger_than_one_bundle_is_dropped_and_named(
     lines: list[str] = []
     ce = _cost(study["ce"], FINISHED)
     state.export_state(study["root"], tmp_path / "out", budget_mib=1.0,
-                       bundle_mib=(1024 + ce) / MIB, say=lines.append)
+                       bundle_mib=(state.TAR_END + ce) / MIB, say=lines.append)
     manifest = json.loads((tmp_path / "out" / "bundle-00" / "state.json").read_text())
     assert [(r["path"], r["complete"]) for r in manifest["runs"]] == [
         ("unit/p/ce/seed0", True), ("unit/teachers/t/seed0", False),
@@ -609,7 +649,7 @@ def test_tables_travel_in_the_first_bundle_only_and_count_towards_its_size(
     ce = _cost(study["ce"], FINISHED)
     teacher = _cost(study["teacher"], KILLED)
     # exactly the tar end blocks + the table + CE + the teacher: all four fit, to the byte
-    exact = 1024 + table + ce + teacher
+    exact = state.TAR_END + table + ce + teacher
     state.export_state(root, tmp_path / "exact", budget_mib=1.0, bundle_mib=exact / MIB,
                        say=lambda _: None)
     first = json.loads((tmp_path / "exact" / "bundle-00" / "state.json").read_text())

@@ -27,6 +27,7 @@ from figkd.data.transforms import (
     register_preset,
 )
 from figkd.engine import Trainer, load_weights_only, model_payload, save_atomic
+from figkd.engine.data import FastSource
 from figkd.engine.teacher_cache import (
     CacheKeyMismatchError,
     CacheRangeError,
@@ -48,6 +49,13 @@ if PRESET not in PRESETS:
         PRESET, 8, DIGITS_MEAN, DIGITS_STD, padding=1, flip=True, tensor_input=True,
         description="test only: digits with RandomCrop(8, padding=1) + HFlip",
     ))
+
+
+def crop_flip_views(preset: Any) -> CropFlipViews:
+    """The view space of a preset that has one (every preset these tests enumerate)."""
+    views = CropFlipViews.from_preset(preset)
+    assert views is not None, f"{preset} has no finite crop/flip view space"
+    return views
 
 
 def reference_view(images: Tensor, top: int, left: int, flip: bool, pad: int) -> Tensor:
@@ -104,15 +112,15 @@ def test_cifar_view_space_has_162_views_and_each_id_is_its_crop() -> None:
             want = TF.normalize(TF.to_tensor(pil), spec.mean, spec.std)
             torch.testing.assert_close(got[i], want, rtol=0, atol=1e-6)
     assert CropFlipViews.from_preset("tiny-imagenet-64") is None  # rotation: not enumerable
-    assert len(CropFlipViews.from_preset("tiny-imagenet-64-crop")) == 17 * 17 * 2
-    assert len(CropFlipViews.from_preset("digits")) == 1
+    assert len(crop_flip_views("tiny-imagenet-64-crop")) == 17 * 17 * 2
+    assert len(crop_flip_views("digits")) == 1
 
 
 def test_cached_logits_equal_a_live_teacher_on_self_made_views() -> None:
     torch.manual_seed(1)
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     teacher = create_model("tiny_cnn", num_classes=100, width=8).eval()
-    views = CropFlipViews.from_preset("cifar")
+    views = crop_flip_views("cifar")
     logits = build_view_logits(teacher, images, "cifar", batch_size=64)
     assert logits.shape == (3, 162, 100) and logits.dtype == torch.float16
     spec = get_preset("cifar")
@@ -163,7 +171,7 @@ def test_lookup_follows_the_loaders_augmentation() -> None:
     cache = TensorImageCache(torch.randint(0, 17, (12, 1, 8, 8), dtype=torch.uint8),
                              torch.arange(12), [str(i) for i in range(12)], scale=16.0)
     teacher = create_model("tiny_cnn", num_classes=10, in_channels=1, width=4).eval()
-    views = CropFlipViews.from_preset(PRESET)
+    views = crop_flip_views(PRESET)
     table = ViewLogitCache(build_view_logits(teacher, cache.images, PRESET, scale=16.0,
                                              dtype=torch.float32), views)
     loader = GPUBatchLoader(cache, 5, PRESET, train=True, seed=0)
@@ -178,7 +186,7 @@ def test_used_views_cover_every_ddp_rank() -> None:
     """Rank 0 fills the file for all ranks: the plan replays each rank's shard."""
     cache = TensorImageCache(torch.zeros(20, 1, 8, 8, dtype=torch.uint8), torch.arange(20),
                              [str(i) for i in range(20)], scale=16.0)
-    views = CropFlipViews.from_preset(PRESET)
+    views = crop_flip_views(PRESET)
     loaders = [GPUBatchLoader(cache, 4, PRESET, seed=3, num_replicas=2, rank=r) for r in (0, 1)]
     want = torch.zeros(20, len(views), dtype=torch.bool)
     for loader in loaders:
@@ -291,10 +299,12 @@ def test_a_resumed_run_computes_only_the_views_it_still_needs(
     resumed = Trainer(cfg, tmp_path / "cut", resume=True)
     summary = resumed.fit()
 
-    views = CropFlipViews.from_preset(get_preset(PRESET))
-    samples = len(resumed.data.train.loader.images)
-    later = int(used_views(resumed.data.train, views, samples, (2, 3)).sum())
-    every = int(used_views(resumed.data.train, views, samples, (1, 2, 3)).sum())
+    views = crop_flip_views(get_preset(PRESET))
+    train = resumed.data.train
+    assert isinstance(train, FastSource)
+    samples = len(train.loader.images)
+    later = int(used_views(train, views, samples, (2, 3)).sum())
+    every = int(used_views(train, views, samples, (1, 2, 3)).sum())
     assert done["teacher_cache"]["computed"] == every
     assert summary["teacher_cache"]["computed"] == later < every
     want = load_weights_only(tmp_path / "full" / "checkpoints/last.pt")["model"]
@@ -315,6 +325,7 @@ def test_logits_beyond_float16_are_refused_not_stored_as_inf(tmp_path: Path) -> 
     # weights as teacher.cache=none), "on" stops with the fix, float32 caches them
     torch.manual_seed(0)
     loud = create_model("tiny_cnn", num_classes=10, in_channels=1, width=8)
+    assert isinstance(loud.fc, nn.Linear)
     with torch.no_grad():
         for parameter in loud.fc.parameters():
             parameter.mul_(1e6)
@@ -336,7 +347,7 @@ def test_logits_beyond_float16_are_refused_not_stored_as_inf(tmp_path: Path) -> 
 class TwoView(KDLoss):
     num_views: ClassVar[int] = 2
 
-    def forward(self, student_logits, teacher_logits, targets, **context):  # type: ignore[override]
+    def forward(self, student_logits, teacher_logits, targets, **context):
         context.pop("student_logits_strong"), context.pop("teacher_logits_strong")
         return super().forward(student_logits, teacher_logits, targets)
 
@@ -395,7 +406,7 @@ def test_used_views_take_the_weak_half_of_two_view_plans() -> None:
     crops, which iterating the loader shows (its images are the weak view's pixels)."""
     images = torch.randint(0, 17, (12, 1, 8, 8), dtype=torch.uint8)
     cache = TensorImageCache(images, torch.arange(12), [str(i) for i in range(12)], scale=16.0)
-    views = CropFlipViews.from_preset(PRESET)
+    views = crop_flip_views(PRESET)
     loader = GPUBatchLoader(cache, 4, PRESET, seed=5, views=2)
     want = torch.zeros(12, len(views), dtype=torch.bool)
     loader.return_params = True
@@ -438,6 +449,7 @@ def test_state_dict_hash_identifies_teacher_weights() -> None:
     b = create_model("tiny_cnn", num_classes=10, in_channels=1, width=4)
     b.load_state_dict(a.state_dict())
     assert state_dict_sha256(a) == state_dict_sha256(b)
+    assert isinstance(b.fc, nn.Linear)
     with torch.no_grad():
         b.fc.bias[0] += 1e-3
     assert state_dict_sha256(a) != state_dict_sha256(b)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import pickle
 import re
 import threading
@@ -248,10 +249,17 @@ def test_a_saved_file_is_on_disk_before_it_replaces_the_old_one(
 
     events: list[str] = []
     real_fsync, real_replace = checkpoint.os.fsync, checkpoint.os.replace
-    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
-    monkeypatch.setattr(
-        checkpoint.os, "replace", lambda a, b: events.append("replace") or real_replace(a, b)
-    )
+
+    def fsync(fd: int) -> None:
+        events.append("fsync")
+        real_fsync(fd)
+
+    def replace(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
+        events.append("replace")
+        real_replace(a, b)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
     ViewLogitCache(torch.zeros(2, 18, 3, dtype=torch.float16), VIEWS, hand_fields()).save(
         tmp_path / "c.pt"
     )

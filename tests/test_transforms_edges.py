@@ -118,7 +118,9 @@ def test_training_geometry_is_the_recipe_of_the_module_docstring(
     preset: str, padding: int | None, degrees: float | None, resize: bool
 ) -> None:
     """Padding, rotation range and flip of each recipe (mdistiller / RepDistiller)."""
-    steps = build_transforms(preset, train=True).transforms
+    transform = build_transforms(preset, train=True)
+    assert isinstance(transform, T.Compose)
+    steps = transform.transforms
     by_type = {type(step): step for step in steps}
     size = get_preset(preset).size
     if padding is None:
@@ -272,9 +274,15 @@ def test_ops_fire_half_the_time_at_magnitudes_one_to_ten_tenths(
     """Each of the 2 slots picks one of the 14 ops with replacement and a magnitude in
     {1, ..., 10} / 10, and fires with p = 0.5 (the default the strong view relies on)."""
     calls: list[tuple[str, float]] = []
+
+    def recording(name: str) -> Callable[[Image.Image, float], Image.Image]:
+        def op(img: Image.Image, m: float) -> Image.Image:
+            calls.append((name, m))
+            return img
+        return op
+
     for name in list(OPS):
-        monkeypatch.setitem(OPS, name,
-                            lambda img, m, name=name: calls.append((name, m)) or img)
+        monkeypatch.setitem(OPS, name, recording(name))
     augment = RandAugment(num_ops=2, max_magnitude=10)
     image = Image.new("RGB", (2, 2))
     torch.manual_seed(0)

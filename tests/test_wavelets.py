@@ -96,15 +96,15 @@ def test_wavedec2_and_dwt2_match_pywavelets(num_classes: int, wavelet: str) -> N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # deep levels warn in both libraries
         for level in _pywt_levels(min(x.shape[-2:]), wavelet):
-            ours = W.wavedec2(grid, wavelet, "zero", level)
-            ref = pywt.wavedec2(x, wavelet, mode="zero", level=level)
-            assert len(ours) == len(ref) == level + 1
-            _assert_close(ours[0], ref[0])
-            for our_bands, ref_bands in zip(ours[1:], ref[1:]):
+            our_coeffs = W.wavedec2(grid, wavelet, "zero", level)
+            ref_coeffs = pywt.wavedec2(x, wavelet, mode="zero", level=level)
+            assert len(our_coeffs) == len(ref_coeffs) == level + 1
+            _assert_close(our_coeffs[0], ref_coeffs[0])
+            for our_bands, ref_bands in zip(our_coeffs[1:], ref_coeffs[1:]):
                 for o, r in zip(our_bands, ref_bands):
                     _assert_close(o, r)
-            rec = W.waverec2(ours, wavelet, "zero")
-            _assert_close(rec, pywt.waverec2(ref, wavelet, mode="zero"))
+            rec = W.waverec2(our_coeffs, wavelet, "zero")
+            _assert_close(rec, pywt.waverec2(ref_coeffs, wavelet, mode="zero"))
             _assert_close(rec[..., : x.shape[-2], : x.shape[-1]], x)  # perfect reconstruction
 
 

@@ -94,7 +94,7 @@ def test_unknown_wavelet_message_lists_only_discrete_families() -> None:
 
 def test_non_tensors_and_integer_tensors_are_rejected() -> None:
     with pytest.raises(TypeError, match="x must be a torch.Tensor, got ndarray"):
-        W.dwt(np.zeros(4))
+        W.dwt(np.zeros(4))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="cA must be a floating-point tensor"):
         W.idwt(torch.zeros(2, dtype=torch.int32), torch.zeros(2))
 
@@ -155,7 +155,7 @@ def test_the_maximum_level_does_not_warn_and_one_more_does() -> None:
     assert [w.filename for w in caught] == [__file__]
     for bad in (0, -1, True, 1.0):
         with pytest.raises(ValueError, match="level must be a positive integer"):
-            W.check_level(bad, 32, "haar")
+            W.check_level(bad, 32, "haar")  # type: ignore[arg-type]
     assert W.check_level(1, 32, "haar") == 1
 
 

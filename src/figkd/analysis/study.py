@@ -850,7 +850,8 @@ def execute(
                     f"{job.run_dir} was distilled from another teacher than "
                     f"{job.config.teacher.checkpoint} (SHA-256 {job.config.teacher.sha256}); "
                     "train it again with --replace-stale (it is set aside, not deleted), "
-                    "or use another --out"
+                    "or use another --out (a teacher retrained on another CPU or GPU model, "
+                    "or without --deterministic-teacher, gets other bytes)"
                 )
                 say(f"  {job.label}: FAILED: {error}")
                 done.append(Outcome(job, "failed", error=error))

@@ -160,9 +160,24 @@ def optional_heavy(run: RunState) -> list[str]:
 # --------------------------------------------------------------------------- export
 
 
-def _tar_cost(size: int) -> int:
-    """Bytes a file takes in a tar stream: a 512-byte header and 512-byte blocks."""
-    return 512 + -(-size // 512) * 512
+#: the most a tar stream adds after its last member: two zero blocks, then zeros up to a
+#: whole record (``TarFile.close`` pads to ``RECORDSIZE``, 20 blocks), so a budget checked
+#: against 1024 end bytes alone could be overshot by up to 9.5 KiB
+TAR_END = 2 * tarfile.BLOCKSIZE + tarfile.RECORDSIZE - tarfile.BLOCKSIZE
+
+
+def _blocks(size: int) -> int:
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def _tar_cost(size: int, name: str = "") -> int:
+    """Bytes a file takes in a PAX tar stream: a 512-byte header and 512-byte blocks, plus
+    an extended header when ``name`` does not fit the 100-byte ASCII name field."""
+    cost = tarfile.BLOCKSIZE + _blocks(size)
+    encoded = name.encode("utf-8")
+    if len(encoded) > tarfile.LENGTH_NAME or not name.isascii():
+        cost += tarfile.BLOCKSIZE + _blocks(len(encoded) + 32)  # "NNN path=<name>\n"
+    return cost
 
 
 def _priority(run: RunState) -> tuple[bool, bool, int, str]:
@@ -189,17 +204,18 @@ def plan_export(root: Path, budget: int) -> tuple[list[RunState], list[str], dic
         if p.is_file()
     )
     sizes: dict[str, int] = {rel: (root / rel).stat().st_size for rel in tables}
-    used = 1024 + sum(_tar_cost(n) for n in sizes.values())  # the tar end blocks, the tables
-    used += sum(_tar_cost(entry["bytes"]) for entry in imported.values())
+    used = TAR_END + sum(_tar_cost(n, rel) for rel, n in sizes.items())  # the end, the tables
+    used += sum(_tar_cost(entry["bytes"], rel) for rel, entry in imported.items())
 
     def held(run: RunState) -> int:  # what the receiver holds of this run now
         prefix = run.path + "/"
-        return sum(_tar_cost(e["bytes"]) for k, e in imported.items() if k.startswith(prefix))
+        return sum(_tar_cost(e["bytes"], k) for k, e in imported.items() if k.startswith(prefix))
 
     def cost(run: RunState, names: list[str]) -> int:
         for name in names:
             run.files.setdefault(name, file_sha256(root / run.path / name))
-        return sum(_tar_cost((root / run.path / n).stat().st_size) for n in names)
+        return sum(_tar_cost((root / run.path / n).stat().st_size, f"{run.path}/{n}")
+                   for n in names)
 
     def take(run: RunState, names: list[str]) -> None:
         for name in names:
@@ -335,7 +351,8 @@ def export_state(
 
 
 def _sent_bytes(run: RunState, sizes: dict[str, int]) -> int:
-    return sum(_tar_cost(sizes[f"{run.path}/{n}"]) for n in run.sent)
+    keys = [f"{run.path}/{name}" for name in run.sent]
+    return sum(_tar_cost(sizes[key], key) for key in keys)
 
 
 def _split_bundles(
@@ -343,17 +360,17 @@ def _split_bundles(
 ) -> list[list[RunState]]:
     """The carried runs cut, in priority order, into groups of at most ``limit`` tar bytes."""
     groups: list[list[RunState]] = [[]]
-    used = 1024 + sum(_tar_cost(sizes[t]) for t in tables)
+    used = TAR_END + sum(_tar_cost(sizes[t], t) for t in tables)
     for run in runs:
         if not run.complete:
             continue
         need = _sent_bytes(run, sizes)
-        if 1024 + need > limit:  # it could never travel in one call: dropped
+        if TAR_END + need > limit:  # it could never travel in one call: dropped
             run.complete, run.files, run.sent, run.kept = False, {}, [], []
             continue
         if used + need > limit and groups[-1]:
             groups.append([])
-            used = 1024
+            used = TAR_END
         groups[-1].append(run)
         used += need
     return groups

@@ -16,7 +16,7 @@ killed ones continue from their last checkpoint; a finished student whose pinned
 file differs from this folder's fails, or with ``--replace-stale`` is set aside and trained
 again (``figkd state records`` keeps finished runs as committable text, ``figkd state import``
 brings them into a new folder, and ``--deterministic-teacher`` lets that folder retrain the
-same teacher file).  ``key=value`` overrides apply to every run
+same teacher file on the same kind of processor).  ``key=value`` overrides apply to every run
 (e.g. ``train.channels_last=true``).  Data: ``--data-root`` (a Tiny-ImageNet folder or its
 ``.tar``), else ``$FIGKD_DATA``/``./data``, else the 100-class subset in ``./.cache`` or
 ``../shared/data``; or ``--dataset uint8-shards --data-root <folder>``, the same images packed
@@ -173,7 +173,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--deterministic-teacher",
         action="store_true",
         help="train the teachers under deterministic algorithms (warn-only), so that another "
-        "checkout retrains the same teacher.pt and carried student records stay valid",
+        "checkout on the same kind of processor retrains the same teacher.pt and carried "
+        "student records stay valid",
     )
     parser.add_argument(
         "--ablations",

@@ -88,7 +88,7 @@ class FastSource:
         self,
         cache: Any,
         batch_size: int,
-        preset: str,
+        preset: str | Preset,
         *,
         train: bool,
         device: torch.device,

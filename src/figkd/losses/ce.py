@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -16,7 +16,7 @@ from figkd.losses.validation import check_logits, check_weight
 class CELoss(DistillationLoss):
     """``{"ce": weight * CE(student, y)}``; ignores the teacher."""
 
-    term_names = ("ce",)
+    term_names: ClassVar[tuple[str, ...]] = ("ce",)
     needs_teacher = False
 
     def __init__(self, weight: float = 1.0, label_smoothing: float = 0.0, validate: bool = True):
