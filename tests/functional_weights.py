@@ -5,11 +5,23 @@ comparison of a model's features with a reference's."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from figkd.models import Features, ZooModel
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def submodule(module: nn.Module, path: str, kind: type[ModuleT]) -> ModuleT:
+    """The submodule of ``module`` at ``path`` (as in its state-dict keys), checked to be a
+    ``kind``: references read the parameters of layers that networks and losses nest."""
+    part = module.get_submodule(path)
+    assert isinstance(part, kind), (path, type(part))
+    return part
 
 
 class Weights:

@@ -8,11 +8,12 @@ the loss under test; the tests read only the networks' and the loss modules' par
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
+from functional_weights import submodule as _part
 from numpy_reference import as_numpy, np_bn_train, np_ce, np_conv1x1
 from scipy.stats import norm
 
@@ -23,17 +24,6 @@ from figkd.losses.reviewkd import ABF, ReviewKDLoss
 from figkd.models import Features, ZooModel, create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: no OpenMP spin
-
-
-ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
-
-
-def _part(module: torch.nn.Module, path: str, kind: type[ModuleT]) -> ModuleT:
-    """The submodule of ``module`` at ``path`` (as in its state-dict keys), checked to be a
-    ``kind``: the tests read the parameters of layers the networks and losses nest."""
-    part = module.get_submodule(path)
-    assert isinstance(part, kind), (path, type(part))
-    return part
 
 
 def _pair(seed: int = 0) -> tuple[ZooModel, ZooModel]:

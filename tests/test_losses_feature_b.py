@@ -8,11 +8,12 @@ reads only the networks' and loss modules' parameters, never the loss modules' h
 from __future__ import annotations
 
 import math
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
+from functional_weights import submodule as _part
 from numpy_reference import as_numpy, np_bn_train, np_ce, np_conv1x1
 from scipy.stats import norm
 
@@ -26,16 +27,6 @@ METHODS = ("ofd", "crd", "reviewkd", "catkd")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
-
-
-def _part(module: torch.nn.Module, path: str, kind: type[ModuleT]) -> ModuleT:
-    """The submodule of ``module`` at ``path`` (as in its state-dict keys), checked to be a
-    ``kind``: the references read the parameters of layers the networks and losses nest."""
-    part = module.get_submodule(path)
-    assert isinstance(part, kind), (path, type(part))
-    return part
 
 
 def _abfs(loss: torch.nn.Module) -> list[ABF]:
