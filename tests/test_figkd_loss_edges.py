@@ -254,5 +254,5 @@ def test_fused_haar_node_without_levels_or_low_band_is_zero_and_has_no_gradient(
 def test_a_malformed_grid_is_refused_when_the_loss_is_built(grid: tuple) -> None:
     with pytest.raises(ValueError, match=r"grid must be a pair of positive integers \(H, W\)"):
         FiGKDLoss(grid=grid)
-    assert FiGKDLoss(grid=[2, 5]).grid == (2, 5)  # type: ignore[arg-type]  # a config gives a list
+    assert FiGKDLoss(grid=[2, 5]).grid == (2, 5)  # a config gives a list
     assert FiGKDLoss(grid=(1, 10)).grid == (1, 10)  # one row is a pair of positive integers

@@ -395,10 +395,11 @@ def test_cpu_device_description_names_the_cpu_model() -> None:
     info = Path("/proc/cpuinfo")
     names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
              if line.startswith("model name")] if info.is_file() else []
+    capability = torch.backends.cpu.get_cpu_capability()  # the kernels' instruction set
     if names:
-        assert described == f"cpu ({names[0]}, {threads} threads)"
+        assert described == f"cpu ({names[0]}, {capability}, {threads} threads)"
     else:
-        assert described == f"cpu ({cpu_model()}, {threads} threads)"
+        assert described == f"cpu ({cpu_model()}, {capability}, {threads} threads)"
 
 
 @pytest.mark.parametrize(

@@ -186,6 +186,32 @@ def test_beta_and_wavelet_ablations_are_the_documented_sweeps() -> None:
     }
 
 
+def test_matched_ablation_weighs_1d_and_bior_to_haar_2d_detail_size() -> None:
+    assert _ablation("matched") == [
+        ("figkd_matched-1d-beta6", {"transform": "1d", "beta": 6.0}),
+        ("figkd_matched-bior1.3-beta3.5", {"wavelet": "bior1.3", "beta": 3.5}),
+    ]
+    assert S.ABLATION_DEFAULTS["matched"] == "haar-2d-beta2"
+
+
+def test_matched_1d_beta_equalises_the_detail_loss_of_a_white_difference() -> None:
+    # Haar is orthonormal, so a difference with i.i.d. unit-variance entries has unit-variance
+    # coefficients: the per-band mean is 1 per band, 3 for the 2-D high bands (LH, HL, HH)
+    # and 1 for the single 1-D detail band.  beta 6 for 1-D then equals beta 2 for 2-D
+    import torch
+
+    from figkd.losses.figkd_loss import FiGKDLoss
+
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(8192, 100, generator=generator)
+    teacher = torch.zeros_like(student)
+    two_d = FiGKDLoss().detail_loss(student, teacher).item()
+    one_d = FiGKDLoss(transform="1d").detail_loss(student, teacher).item()
+    assert two_d == pytest.approx(3.0, rel=0.02)
+    assert one_d == pytest.approx(1.0, rel=0.02)
+    assert 6.0 * one_d == pytest.approx(2.0 * two_d, rel=0.03)
+
+
 # --------------------------------------------------------------------------- subset options
 
 

@@ -173,7 +173,9 @@ def test_a_record_of_another_teacher_fails_and_is_left_out_of_the_table(
     assert kd["status"] == "failed" and "another teacher" in kd["error"]
     sha = file_sha256(tampered.teacher_checkpoint(tampered.tier.pairs[0]))
     assert "--replace-stale" in kd["error"] and sha in kd["error"]
-    assert "another CPU or GPU model" in kd["error"]  # why a carried record goes stale
+    # why a carried record goes stale: the CPU kernels' instruction set, or the GPU model
+    assert "cpu_capability AVX2 against AVX512" in kd["error"]
+    assert "another GPU model" in kd["error"]
     S.write_study_report(tampered, manifest, "figkd study --tier unit", 1.0)
     text = (tampered.out / "study.md").read_text()
     bullets = text.split("\n\nTest accuracy")[0]  # among the provenance bullets

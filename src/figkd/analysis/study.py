@@ -139,6 +139,12 @@ ABLATIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     # Eq. 6 is lost in our copy of the paper: the literal per-sample norm ("sum") is 25x our
     # per-band mean at 100 classes, and it weighs db2/bior1.3/1d/levels differently
     "reduction": [("sum", {"reduction": "sum"})],
+    # 1d and bior1.3 at the beta that gives their detail loss Haar 2d's size at beta 2: over
+    # the cpu tier's training the loss ratio settles at 2.99 (1d: one band mean against
+    # three) and 1.75 (bior1.3), so a gain at beta 2 may be a smaller weight, not a better
+    # transform (docs/results/cpu_tiny_imagenet.md)
+    "matched": [("1d-beta6", {"transform": "1d", "beta": 6.0}),
+                ("bior1.3-beta3.5", {"wavelet": "bior1.3", "beta": 3.5})],
 }
 #: what the main FiGKD run uses for each ablated option (the reference row)
 ABLATION_DEFAULTS = {
@@ -149,6 +155,7 @@ ABLATION_DEFAULTS = {
     "wavelet": "haar",
     "beta": "2",
     "reduction": "mean",
+    "matched": "haar-2d-beta2",
 }
 
 
@@ -850,8 +857,10 @@ def execute(
                     f"{job.run_dir} was distilled from another teacher than "
                     f"{job.config.teacher.checkpoint} (SHA-256 {job.config.teacher.sha256}); "
                     "train it again with --replace-stale (it is set aside, not deleted), "
-                    "or use another --out (a teacher retrained on another CPU or GPU model, "
-                    "or without --deterministic-teacher, gets other bytes)"
+                    "or use another --out (a teacher retrained on a CPU whose kernels use "
+                    "other vector instructions, such as cpu_capability AVX2 against AVX512 in "
+                    "the runs' summary.json versions, on another GPU model, or without "
+                    "--deterministic-teacher, gets other bytes)"
                 )
                 say(f"  {job.label}: FAILED: {error}")
                 done.append(Outcome(job, "failed", error=error))
@@ -1174,9 +1183,9 @@ def results_table(rows: Sequence[Result], reference: str | None, ref_name: str) 
 
 def machine() -> str:
     """CPU model (as lscpu's "Model name"), cores, and the GPU when CUDA is available."""
-    from figkd.engine.run_dir import cpu_model
+    from figkd.engine.run_dir import cpu_capability, cpu_model
 
-    text = f"{cpu_model()}, {os.cpu_count()} CPU cores"
+    text = f"{cpu_model()} ({cpu_capability()}), {os.cpu_count()} CPU cores"
     try:
         import torch
 

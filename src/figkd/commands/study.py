@@ -4,7 +4,7 @@
     figkd study --tier cpu                           # 2 CPU cores, ~1 h: resnet20 -> resnet8, 100 img/class
     figkd study --tier short --parallel 4            # GPU: 60-epoch recipe, resnet32x4 -> resnet8x4
     figkd study --tier paper --parallel 6 --amp bf16 # GPU: the full 240-epoch recipe, two pairs
-    figkd study --tier short --ablations all         # + FiGKD's bands/level/1d/noise/wavelet/beta/reduction
+    figkd study --tier short --ablations all         # + every FiGKD ablation group (listed below)
     figkd study --tier short --report-only           # rebuild the table from the finished runs
 
 Trains each pair's teacher once (reused while its config is unchanged; its SHA-256 is pinned

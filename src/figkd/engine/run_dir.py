@@ -143,6 +143,7 @@ def versions() -> dict[str, str | None]:
         if torch.backends.cudnn.is_available()
         else None,
         "platform": platform.platform(),
+        "cpu_capability": cpu_capability(),
     }
 
 
@@ -183,11 +184,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_capability() -> str:
+    """The vector instruction set torch's CPU kernels dispatch to (``AVX512``, ``AVX2``, ...).
+
+    CPU results are bit-identical only between machines that share it: an Intel Xeon and an
+    AMD EPYC, both AVX512, retrained the same teacher file; an AVX2 EPYC did not
+    (docs/reproduction.md section 6).
+    """
+    get = getattr(torch.backends.cpu, "get_cpu_capability", None)
+    return str(get()) if get is not None else "unknown"
+
+
 def device_description(device: torch.device) -> str:
     """The device a run trained on, as its summary records it (the GPU's or CPU's model)."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{device} ({cpu_model()}, {torch.get_num_threads()} threads)"
+    return f"{device} ({cpu_model()}, {cpu_capability()}, {torch.get_num_threads()} threads)"
 
 
 def command_line() -> str:

@@ -114,7 +114,7 @@ class FiGKDLoss(DistillationLoss):
         noise_std: float = 0.0,
         reduction: str = "mean",
         mode: str = "zero",
-        grid: tuple[int, int] | None = None,
+        grid: Sequence[int] | None = None,
         validate: bool = True,
         detail_levels: str = "all",
     ):
