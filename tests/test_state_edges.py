@@ -362,6 +362,16 @@ def test_versions_record_cudnn_only_where_it_exists() -> None:
         assert cudnn is None
 
 
+def test_versions_and_the_study_machine_line_name_the_cpu_kernels_instruction_set() -> None:
+    # CPU results are bit-identical only between machines whose kernels share it (AVX2 and
+    # AVX512 trained different teacher files from one config, docs/reproduction.md section 6)
+    from figkd.analysis.study import machine
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert run_dir.versions()["cpu_capability"] == capability
+    assert f"({capability}), " in machine()
+
+
 def _git(folder: Path, *args: str) -> None:
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
