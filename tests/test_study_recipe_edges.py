@@ -190,6 +190,8 @@ def test_matched_ablation_weighs_1d_and_bior_to_haar_2d_detail_size() -> None:
     assert _ablation("matched") == [
         ("figkd_matched-1d-beta6", {"transform": "1d", "beta": 6.0}),
         ("figkd_matched-bior1.3-beta3.5", {"wavelet": "bior1.3", "beta": 3.5}),
+        ("figkd_matched-1d-beta1.5", {"transform": "1d", "beta": 1.5}),  # Haar 2d at beta 0.5
+        ("figkd_matched-bior1.3-beta0.875", {"wavelet": "bior1.3", "beta": 0.875}),
     ]
     assert S.ABLATION_DEFAULTS["matched"] == "haar-2d-beta2"
 

@@ -142,9 +142,11 @@ ABLATIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     # 1d and bior1.3 at the beta that gives their detail loss Haar 2d's size at beta 2: over
     # the cpu tier's training the loss ratio settles at 2.99 (1d: one band mean against
     # three) and 1.75 (bior1.3), so a gain at beta 2 may be a smaller weight, not a better
-    # transform (docs/results/cpu_tiny_imagenet.md)
+    # transform (docs/results/cpu_tiny_imagenet.md); the last two match Haar 2d at beta 0.5
     "matched": [("1d-beta6", {"transform": "1d", "beta": 6.0}),
-                ("bior1.3-beta3.5", {"wavelet": "bior1.3", "beta": 3.5})],
+                ("bior1.3-beta3.5", {"wavelet": "bior1.3", "beta": 3.5}),
+                ("1d-beta1.5", {"transform": "1d", "beta": 1.5}),
+                ("bior1.3-beta0.875", {"wavelet": "bior1.3", "beta": 0.875})],
 }
 #: what the main FiGKD run uses for each ablated option (the reference row)
 ABLATION_DEFAULTS = {
