@@ -168,9 +168,11 @@ def test_noise_ablation_uses_the_stds_of_table_12() -> None:
 
 
 def test_beta_and_wavelet_ablations_are_the_documented_sweeps() -> None:
-    # docs/reproduction.md, section 6: "β 0.5/1/4/8" around the default β = 2 (docs/methods.md,
+    # docs/reproduction.md, section 6: "β 0.125-8" around the default β = 2 (docs/methods.md,
     # read from Fig. 4); Table 16: db2 and bior1.3 against the default Haar
     assert _ablation("beta") == [
+        ("figkd_beta-0.125", {"beta": 0.125}),
+        ("figkd_beta-0.25", {"beta": 0.25}),
         ("figkd_beta-0.5", {"beta": 0.5}),
         ("figkd_beta-1", {"beta": 1.0}),
         ("figkd_beta-4", {"beta": 4.0}),
@@ -190,8 +192,12 @@ def test_matched_ablation_weighs_1d_and_bior_to_haar_2d_detail_size() -> None:
     assert _ablation("matched") == [
         ("figkd_matched-1d-beta6", {"transform": "1d", "beta": 6.0}),
         ("figkd_matched-bior1.3-beta3.5", {"wavelet": "bior1.3", "beta": 3.5}),
+        ("figkd_matched-1d-beta3", {"transform": "1d", "beta": 3.0}),  # Haar 2d at beta 1
+        ("figkd_matched-bior1.3-beta1.75", {"wavelet": "bior1.3", "beta": 1.75}),
         ("figkd_matched-1d-beta1.5", {"transform": "1d", "beta": 1.5}),  # Haar 2d at beta 0.5
         ("figkd_matched-bior1.3-beta0.875", {"wavelet": "bior1.3", "beta": 0.875}),
+        ("figkd_matched-1d-beta0.75", {"transform": "1d", "beta": 0.75}),  # Haar 2d at 0.25
+        ("figkd_matched-bior1.3-beta0.4375", {"wavelet": "bior1.3", "beta": 0.4375}),
     ]
     assert S.ABLATION_DEFAULTS["matched"] == "haar-2d-beta2"
 

@@ -143,14 +143,17 @@ ABLATIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "transform": [("1d", {"transform": "1d"})],
     "noise": [(f"{s:g}", {"noise_std": s}) for s in (0.05, 0.1, 0.2, 0.5)],
     "wavelet": [("db2", {"wavelet": "db2"}), ("bior1.3", {"wavelet": "bior1.3"})],
-    "beta": [(f"{b:g}", {"beta": b}) for b in (0.5, 1.0, 4.0, 8.0)],
+    # 0.125 and 0.25 were added once 0.5 came out best on the cpu tier, to find the peak
+    "beta": [(f"{b:g}", {"beta": b}) for b in (0.125, 0.25, 0.5, 1.0, 4.0, 8.0)],
     # Eq. 6 is lost in our copy of the paper: the literal per-sample norm ("sum") is 25x our
     # per-band mean at 100 classes, and it weighs db2/bior1.3/1d/levels differently
     "reduction": [("sum", {"reduction": "sum"})],
-    # 1d and bior1.3 at the beta that gives their detail loss Haar 2d's size at the sweep's
-    # default (2) and best (0.5) beta, so a gain can be told from a smaller weight
+    # 1d and bior1.3 at the beta that gives their detail loss Haar 2d's size at Haar betas 2
+    # (the default) to 0.25, so a gain can be told from a smaller weight and each variant gets
+    # a beta sweep on Haar's scale
     "matched": [(f"{name}-beta{beta * ratio:g}", {**option, "beta": beta * ratio})
-                for beta in (2.0, 0.5) for name, (option, ratio) in _DETAIL_RATIOS.items()],
+                for beta in (2.0, 1.0, 0.5, 0.25)
+                for name, (option, ratio) in _DETAIL_RATIOS.items()],
 }
 #: what the main FiGKD run uses for each ablated option (the reference row)
 ABLATION_DEFAULTS = {
