@@ -104,8 +104,8 @@ def _expected(root: Path, runs: list[str]) -> dict[str, bytes]:
 
 def _line(dest: Path, written: int, unchanged: int, unfinished: int) -> str:
     """The summary line ``export_records`` ends with."""
-    return (f"records: {written} finished run(s) written to {dest}, {unchanged} unchanged, "
-            f"{unfinished} unfinished run(s) left out")
+    return (f"records: {written} finished or failed run(s) written to {dest}, {unchanged} "
+            f"unchanged, {unfinished} unfinished run(s) left out")
 
 
 def _age(dest: Path) -> None:

@@ -285,6 +285,40 @@ def test_execute_skips_resumes_restarts_and_refuses_stale_runs(
     assert (kd0.run_dir / "summary.json").is_file()  # a stale run is reported, not deleted
 
 
+def test_execute_tries_failed_runs_again_from_their_checkpoint_or_afresh(
+    fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ce0, ce1 = _jobs(fake_root, tmp_path)[:2]
+    for job, epoch, reason in ((ce0, 1, "non-finite loss"), (ce1, 3, "CUDA out of memory")):
+        job.run_dir.mkdir(parents=True)
+        (job.run_dir / "failure.json").write_text(json.dumps({"epoch": epoch, "reason": reason}))
+    _last(ce1.run_dir)  # failed at epoch 3, after two checkpointed epochs
+    folders: dict[str, list[str]] = {}
+
+    def run(job: S.Job, say: Any) -> None:  # what the trainer finds
+        folders[job.label] = sorted(p.name for p in job.run_dir.glob("*"))
+
+    monkeypatch.setattr(S, "_run_in_process", run)
+    lines: list[str] = []
+    outcomes = S.execute([ce0, ce1], 1, tmp_path / "logs", say=lines.append)
+    assert [o.status for o in outcomes] == ["trained", "resumed"]
+    assert folders == {ce0.label: [], ce1.label: ["checkpoints", "failure.json"]}
+    assert f"  {ce0.label}: failed before (epoch 1: non-finite loss); trying again" in lines
+    assert f"  {ce1.label}: failed before (epoch 3: CUDA out of memory); trying again" in lines
+
+
+def test_the_plan_names_a_failed_run_and_why(fake_root: Path, tmp_path: Path) -> None:
+    study = S.plan_study(_tier(seeds=(0,)), tmp_path / "out", fake_root,
+                         methods=_methods("ce"), write=False)
+    (job,) = S.student_jobs(study, {}, write=False)
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "failure.json").write_text(json.dumps({"epoch": 2, "reason": "disk full"}))
+    assert S.describe_plan(study, [job]).splitlines()[1] == (
+        f"  failed   train   {job.config_path}  --seeds 0  (failed at epoch 2: disk full; "
+        "tried again)"
+    )
+
+
 def test_execute_times_each_run_by_the_clock(
     fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

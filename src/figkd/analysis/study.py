@@ -57,6 +57,7 @@ from figkd.config import (
 )
 from figkd.engine.optim import PAPER_EPOCHS, scale_milestones
 from figkd.engine.report import aggregate, find_summaries, mean_std, write_report
+from figkd.engine.run_dir import FAILURE, read_failure
 
 #: DKD's warm-up (mdistiller: 20 of 240 epochs), scaled with the schedule
 DKD_WARMUP_EPOCHS = 20
@@ -742,8 +743,9 @@ def portable_config(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_state(run_dir: Path, epochs: int, teacher_sha256: str | None = None) -> str:
-    """"finished", "partial" (a checkpoint to resume), "new", or "stale" (finished, but
-    distilled from a teacher file other than ``teacher_sha256``)."""
+    """"finished", "partial" (a checkpoint to resume), "new", "failed" (stopped with an error,
+    its ``failure.json`` says why; tried again, from ``last.pt`` if it has one), or "stale"
+    (finished, but distilled from a teacher file other than ``teacher_sha256``)."""
     summary = run_dir / "summary.json"
     if summary.is_file():
         data = json.loads(summary.read_text())
@@ -752,9 +754,17 @@ def run_state(run_dir: Path, epochs: int, teacher_sha256: str | None = None) -> 
             return "stale"
         if data.get("status") == "finished" and int(data.get("epochs", -1)) == epochs:
             return "finished"
+    if (run_dir / FAILURE).is_file():
+        return "failed"
     if (run_dir / "checkpoints" / "last.pt").is_file():
         return "partial"
     return "new"
+
+
+def _failure_line(run_dir: Path) -> str:
+    """Where and why a failed run stopped, from its ``failure.json``."""
+    failure = read_failure(run_dir) or {}
+    return f"epoch {failure.get('epoch', '?')}: {failure.get('reason') or 'unknown error'}"
 
 
 @dataclass
@@ -874,6 +884,11 @@ def execute(
                 say(f"  {job.label}: FAILED: {error}")
                 done.append(Outcome(job, "failed", error=error))
                 continue
+            if state == "failed":  # the error may not come back (memory, a full disk)
+                say(f"  {job.label}: failed before ({_failure_line(job.run_dir)}); "
+                    "trying again")
+                has_checkpoint = (job.run_dir / "checkpoints" / "last.pt").is_file()
+                state = "partial" if has_checkpoint else "new"
             if state == "new" and job.run_dir.exists():
                 shutil.rmtree(job.run_dir)  # killed before its first checkpoint: start clean
             todo.append((job, "resumed" if state == "partial" else "trained"))
@@ -1083,6 +1098,8 @@ class Result:
     last: list[float]
     best: list[float]
     wall: list[float]
+    #: seeds that stopped with an error and have not finished since: (seed, where and why)
+    failed: list[tuple[int | None, str]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -1107,9 +1124,11 @@ def distilled_from(summary: dict[str, Any], teacher_sha256: str | None) -> bool:
 
 def collect(folder: Path, label: str, teacher_sha256: str | None = None) -> Result | None:
     """Finished seeds under ``folder`` (one experiment) as a :class:`Result`, leaving out
-    runs distilled from another teacher file than ``teacher_sha256``."""
+    runs distilled from another teacher file than ``teacher_sha256``; seeds that failed
+    (``failure.json``, no finish since) are listed in :attr:`Result.failed`."""
     if not folder.is_dir():
         return None
+    failed = _failed_seeds(folder, teacher_sha256)
     summaries = [
         s for s in find_summaries([folder])
         if s.get("status") == "finished" and distilled_from(s, teacher_sha256)
@@ -1130,9 +1149,25 @@ def collect(folder: Path, label: str, teacher_sha256: str | None = None) -> Resu
             best.append(float(chosen))
         if s.get("wall_time_s") is not None:
             wall.append(float(s["wall_time_s"]))
-    if not last:
+    if not last and not failed:
         return None
-    return Result(label, str(folder), seeds, last, best, wall)
+    return Result(label, str(folder), seeds, last, best, wall, failed)
+
+
+def _failed_seeds(folder: Path, teacher_sha256: str | None) -> list[tuple[int | None, str]]:
+    """(seed, "epoch k: reason") of each failed run below ``folder``, by seed; hidden
+    folders (runs set aside) and runs of another teacher file are left out."""
+    found = []
+    for path in sorted(folder.rglob(FAILURE)):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if (path.parent / "summary.json").is_file():
+            continue  # finished since (a finish removes failure.json; this is a leftover)
+        failure = read_failure(path.parent) or {}
+        if not distilled_from(failure, teacher_sha256):
+            continue
+        found.append((failure.get("seed"), _failure_line(path.parent)))
+    return sorted(found, key=lambda item: (item[0] is None, item[0] or 0))
 
 
 def pm(mean: float, std: float | None) -> str:
@@ -1166,6 +1201,8 @@ def paired_delta(row: Result, ref: Result) -> str:
     if len(diffs) >= 2:
         mean, std = mean_std(diffs)
         return f"{mean:+.2f} ± {std:.2f}"
+    if not row.last or not ref.last:
+        return "–"
     return f"{row.last_stats()[0] - ref.last_stats()[0]:+.2f}"
 
 
@@ -1183,11 +1220,24 @@ def results_table(rows: Sequence[Result], reference: str | None, ref_name: str) 
         best = pm(*r.best_stats()) if r.best else "–"
         skip = r is ref or r.label.startswith("teacher")
         delta = "" if skip or ref is None else paired_delta(r, ref)
+        seeds = f"{r.n} of {r.n + len(r.failed)}" if r.failed else str(r.n)
         lines.append(
-            f"| {r.label} | {r.n} | {pm(mean, std)} | {best} | {delta} "
+            f"| {r.label} | {seeds} | {pm(mean, std)} | {best} | {delta} "
             f"| {duration(r.wall_mean())} |"
         )
     return "\n".join(lines)
+
+
+def failure_notes(rows: Sequence[Result]) -> list[str]:
+    """One line per failed seed of ``rows``, for under their table: the table averages only
+    finished seeds, so a reader must see which seeds are missing and why."""
+    lines = [
+        f"- {r.label}, seed {seed}: failed at {where}" for r in rows for seed, where in r.failed
+    ]
+    if lines:
+        lines.insert(0, "Failed runs (their `failure.json`; the means above leave them out):")
+        lines.insert(1, "")
+    return lines
 
 
 def machine() -> str:
@@ -1329,6 +1379,7 @@ def write_study_report(
             if m.group == "main" and (r := collect(base / m.name, m.label, sha)) is not None
         ]
         parts += ["", f"## {pair.label}", "", results_table(rows, "CE", "CE")]
+        parts += _spaced(failure_notes(rows))
         for group in groups:
             default = collect(
                 base / "figkd", f"FiGKD {group}={ABLATION_DEFAULTS[group]} (default)", sha
@@ -1345,6 +1396,7 @@ def write_study_report(
                 "",
                 results_table(rows, default.label if default else None, "default"),
             ]
+            parts += _spaced(failure_notes(rows))
     text = "\n".join(parts) + "\n"
     path = out / "study.md"
     path.write_text(text)
@@ -1352,6 +1404,11 @@ def write_study_report(
     if manifest is not None:
         (out / "study.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+def _spaced(lines: list[str]) -> list[str]:
+    """``lines`` after a blank line (Markdown ends the table there), or nothing."""
+    return ["", *lines] if lines else []
 
 
 def tier_with(tier: Tier, **changes: Any) -> Tier:
@@ -1367,6 +1424,8 @@ def describe_plan(study: Study, jobs: Sequence[Job]) -> str:
             else "  (fails: --replace-stale trains it again)")
     for job in jobs:
         state = run_state(job.run_dir, job.config.train.epochs, job.config.teacher.sha256)
+        note = {"stale": fate,
+                "failed": f"  (failed at {_failure_line(job.run_dir)}; tried again)"}
         lines.append(f"  {state:<8} {job.kind:<7} {job.config_path}  --seeds {job.seed}"
-                     + (fate if state == "stale" else ""))
+                     + note.get(state, ""))
     return "\n".join(lines)

@@ -23,13 +23,14 @@ returns 64 MiB a call) still brings back complete, importable runs, the most val
 
 :func:`import_state` merges a bundle (or a plain study folder) into a study folder.  A run is
 taken only when it is further along than the local copy (finished > killed at a later epoch
-> killed earlier > absent); every file is checked against its SHA-256 first, and a run is
+> killed earlier > failed without a checkpoint > absent); every file is checked against its SHA-256 first, and a run is
 replaced in one rename, so an interrupted import leaves each run either old or new.
 
-:func:`export_records` writes the *records* of a study's finished runs (their small files
-only, never weights) into a plain folder that may be committed to git, so the evidence
-outlives the checkout (or lent machine) that held the study.  ``figkd state import RECORDS
-STUDY`` brings them back: finished students import as finished; a teacher's record lacks its
+:func:`export_records` writes the *records* of a study's finished and failed runs (their
+small files only, never weights) into a plain folder that may be committed to git, so the
+evidence outlives the checkout (or lent machine) that held the study.  ``figkd state import
+RECORDS STUDY`` brings them back: finished students import as finished, failed ones as failed
+(the table lists them; the study tries them again); a teacher's record lacks its
 weights, so it imports as "not carried" and the study trains that teacher again, and the
 students stay valid only while the retrained ``teacher.pt`` has the SHA-256 their summary pins
 (otherwise the study marks them stale and retrains them).
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from figkd.analysis import study
+from figkd.engine.run_dir import read_failure
 from figkd.models.checkpoint import file_sha256
 
 FORMAT = 1
@@ -75,7 +77,7 @@ class RunState:
     """One run folder as carried: where it is, how far it got, and its files."""
 
     path: str  # relative to the study folder, POSIX separators
-    status: str  # "finished" or "partial"
+    status: str  # "finished", "partial" or "failed" (no checkpoint, its failure.json says why)
     epoch: int
     teacher: bool
     files: dict[str, str] = field(default_factory=dict)  # path in the run -> SHA-256
@@ -85,7 +87,11 @@ class RunState:
 
     @property
     def rank(self) -> tuple[int, int]:
-        return (2 if self.status == "finished" else 1, self.epoch)
+        return (RANKS[self.status], self.epoch)
+
+
+#: which of two copies of a run an import keeps: the one further along (absent is 0)
+RANKS = {"finished": 3, "partial": 2, "failed": 1}
 
 
 # --------------------------------------------------------------------------- reading a folder
@@ -101,8 +107,9 @@ def _hidden(path: Path, root: Path) -> bool:
 
 
 def run_progress(run_dir: Path) -> tuple[str, int]:
-    """("finished", epochs) from ``summary.json``, ("partial", epoch) from ``last.pt``, or
-    ("new", 0) when nothing can be resumed."""
+    """("finished", epochs) from ``summary.json``, ("partial", epoch) from ``last.pt``,
+    ("failed", the epoch it failed in) from a ``failure.json`` without either (a record: the
+    study tries it again from scratch), or ("new", 0) when there is nothing to carry."""
     summary = run_dir / "summary.json"
     if summary.is_file():
         data = json.loads(summary.read_text())
@@ -113,6 +120,9 @@ def run_progress(run_dir: Path) -> tuple[str, int]:
         from figkd.engine.checkpoint import load_weights_only
 
         return "partial", int(load_weights_only(last).get("epoch", 0))
+    failure = read_failure(run_dir)
+    if failure is not None:
+        return "failed", int(failure.get("epoch") or 0)
     return "new", 0
 
 
@@ -150,7 +160,7 @@ def describe_run(run_dir: Path, root: Path, *, derive_weights: bool = True) -> R
 def required_heavy(run: RunState) -> list[str]:
     if run.status == "partial":
         return [LAST]
-    return [TEACHER_WEIGHTS] if run.teacher else []
+    return [TEACHER_WEIGHTS] if run.teacher and run.status == "finished" else []
 
 
 def optional_heavy(run: RunState) -> list[str]:
@@ -508,7 +518,7 @@ def _local_rank(run_dir: Path) -> tuple[int, int]:
     if not run_dir.is_dir():
         return (0, 0)
     status, epoch = run_progress(run_dir)
-    return {"finished": 2, "partial": 1}.get(status, 0), epoch
+    return RANKS.get(status, 0), epoch
 
 
 def _check_source(source: Path, action: str) -> None:
@@ -624,7 +634,9 @@ def _write_json(path: Path, data: Any) -> None:
 def export_records(
     root: str | os.PathLike[str], dest: str | os.PathLike[str], say: Printer = print
 ) -> list[str]:
-    """Copy the small files of every finished run of study ``root`` into ``dest/<run path>/``.
+    """Copy the small files of every finished or failed run of study ``root`` into
+    ``dest/<run path>/`` (a failed run's ``failure.json`` is the evidence of why a seed is
+    missing from a table; its checkpoints never go).
 
     Records accumulate: runs in ``dest`` that ``root`` lacks are kept.  A record already
     byte-identical is left alone (a commit then shows no change); one that differs (the run
@@ -641,7 +653,8 @@ def export_records(
     for run_dir in find_run_dirs(root):
         if inside in run_dir.resolve().parents:  # records kept below the study: not runs
             continue
-        if run_progress(run_dir)[0] != "finished":
+        finished = run_progress(run_dir)[0] == "finished"
+        if not finished and read_failure(run_dir) is None:
             unfinished += 1
             continue
         rel = run_dir.relative_to(root).as_posix()
@@ -656,8 +669,8 @@ def export_records(
             for index, (rel, run_dir, names) in enumerate(changed):
                 _swap_record(run_dir, names, dest / rel, Path(tmp) / str(index))
     say(
-        f"records: {len(changed)} finished run(s) written to {dest}, {unchanged} unchanged, "
-        f"{unfinished} unfinished run(s) left out"
+        f"records: {len(changed)} finished or failed run(s) written to {dest}, {unchanged} "
+        f"unchanged, {unfinished} unfinished run(s) left out"
     )
     return [rel for rel, _, _ in changed]
 

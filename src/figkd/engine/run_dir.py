@@ -8,6 +8,7 @@ Layout (docs: design.md, "Conventions")::
     checkpoints/last.pt    atomic, resumable
     checkpoints/best.pt    weights of the best epoch on the validation split
     summary.json           versions, git commit, device, wall time, img/s, final/best metrics
+    failure.json           why a run stopped with an error (until it finishes when run again)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 import figkd
 
 SUMMARY = "summary.json"
+FAILURE = "failure.json"
 
 
 class RunDir:
@@ -40,6 +42,7 @@ class RunDir:
         self.last = self.checkpoints / "last.pt"
         self.best = self.checkpoints / "best.pt"
         self.summary = self.path / SUMMARY
+        self.failure = self.path / FAILURE
 
     def create(self) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -76,9 +79,38 @@ class RunDir:
         os.replace(tmp, self.metrics)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        tmp = self.summary.with_name(f".{SUMMARY}.tmp")
-        tmp.write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
-        os.replace(tmp, self.summary)
+        _write_json_atomic(self.summary, summary)
+
+    def write_failure(self, failure: dict[str, Any]) -> None:
+        _write_json_atomic(self.failure, failure)
+
+    def read_failure(self) -> dict[str, Any] | None:
+        """The record of the run's last failure, if it has one that no finish cleared."""
+        return read_failure(self.path)
+
+
+def read_failure(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir/failure.json`` (None when absent): a run that stopped with an error keeps
+    its reason there, so a table can say why a seed is missing instead of dropping it."""
+    path = Path(run_dir) / FAILURE
+    if not path.is_file():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def failure_reason(message: str) -> str:
+    """A failure message's first sentence: what went wrong, without the advice after it
+    (the engine's errors name the problem first, then the fix)."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    end = first.find(". ")
+    return first[:end] if end > 0 else first.rstrip(".")
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _jsonable(value: Any) -> Any:

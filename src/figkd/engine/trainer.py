@@ -51,6 +51,7 @@ from figkd.engine.run_dir import (
     TensorBoardLogger,
     command_line,
     device_description,
+    failure_reason,
     git_commit,
     versions,
 )
@@ -330,6 +331,9 @@ class Trainer:
                 state.elapsed_s += time.perf_counter() - session_start
                 session_start = time.perf_counter()
                 self._end_epoch(record, state, tb)
+        except Exception as error:  # a kill (KeyboardInterrupt, SIGKILL) is resumable, not this
+            self._record_failure(error, state)
+            raise
         finally:
             if tb is not None:
                 tb.close()
@@ -590,6 +594,37 @@ class Trainer:
                 self.on_epoch_end(EpochRecord(epoch, cfg.train.epochs, record))
         dist_utils.barrier(self.ctx)
 
+    def _record_failure(self, error: Exception, state: RunState) -> None:
+        """Write ``failure.json`` (rank 0): a run that stops with an error keeps why, where and
+        on what, so a study's table can show the seed as failed instead of silently absent."""
+        if not self.ctx.is_main:
+            return
+        message = str(error)
+        failure = {
+            "experiment": self.cfg.experiment,
+            "seed": self.cfg.train.seed,
+            "status": "failed",
+            "run_dir": str(self.dir.path),
+            "method": self.cfg.loss.name,
+            "epochs": self.cfg.train.epochs,
+            "epoch": state.epoch + 1,  # the epoch that was training
+            "last_checkpoint_epoch": state.epoch,
+            "error": type(error).__name__,
+            "reason": failure_reason(message),
+            "message": message,
+            "teacher": (None if self.teacher_record is None
+                        else {"sha256": self.teacher_record["sha256"]}),
+            "device": device_description(self.device),
+            "versions": versions(),
+            "git": git_commit(),
+            "command": command_line(),
+            "failed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        try:
+            self.dir.write_failure(failure)
+        except OSError as write_error:  # the original error matters more than its record
+            warnings.warn(f"could not write {self.dir.failure}: {write_error}", stacklevel=2)
+
     def _finish(self, state: RunState, record: dict[str, Any]) -> dict[str, Any]:
         """Write summary.json (rank 0) and return it."""
         cfg, device = self.cfg, self.device
@@ -629,8 +664,14 @@ class Trainer:
             "command": command_line(),
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
+        earlier = self.dir.read_failure() if self.ctx.is_main else None
+        if earlier is not None:  # finished when run again: keep what stopped it before
+            summary["earlier_failure"] = {
+                k: earlier.get(k) for k in ("epoch", "error", "reason", "failed_at")
+            }
         if self.ctx.is_main:
             self.dir.write_summary(summary)
+            self.dir.failure.unlink(missing_ok=True)  # after the summary: never neither
         dist_utils.barrier(self.ctx)
         return summary
 
