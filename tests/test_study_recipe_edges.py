@@ -223,6 +223,52 @@ def test_matched_1d_beta_equalises_the_detail_loss_of_a_white_difference() -> No
 # --------------------------------------------------------------------------- subset options
 
 
+def test_transform_beta_cells_put_every_beta_row_on_haar_2d_s_scale() -> None:
+    methods = [*S.main_methods(15), *S.ablation_methods(["beta", "transform", "wavelet",
+                                                          "matched", "noise"])]
+    cells = {key: m.name for key, m in S.transform_beta_cells(methods).items()}
+    assert cells == {
+        # the main FiGKD run is Haar 2d at the loss's default beta 2
+        ("haar-2d", 2.0): "figkd",
+        **{("haar-2d", b): f"figkd_beta-{b:g}" for b in (0.125, 0.25, 0.5, 1.0, 4.0, 8.0)},
+        # 1d and bior1.3 at beta 2: 2 / 3 and 2 / 1.75 on Haar's scale
+        ("1d", 0.666667): "figkd_transform-1d",
+        ("bior1.3", 1.142857): "figkd_wavelet-bior1.3",
+        # the matched group: back on Haar's 2, 1, 0.5, 0.25 (6 / 3, 3.5 / 1.75, ...)
+        **{("1d", b): f"figkd_matched-1d-beta{3 * b:g}" for b in (2.0, 1.0, 0.5, 0.25)},
+        **{("bior1.3", b): f"figkd_matched-bior1.3-beta{1.75 * b:g}"
+           for b in (2.0, 1.0, 0.5, 0.25)},
+    }  # db2 (no ratio) and the noise rows (another option) are not on the axis
+
+
+def _finished(folder: Path, top1: list[float]) -> None:
+    for seed, value in enumerate(top1):
+        run = folder / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(
+            f'{{"experiment": "{folder.name}", "seed": {seed}, "status": "finished", '
+            f'"epochs": 15, "final": {{"test": {{"top1": {value}}}}}}}'
+        )
+
+
+def test_transform_sweep_table_by_hand(tmp_path: Path) -> None:
+    methods = [*S.main_methods(15), *S.ablation_methods(["beta", "matched"])]
+    _finished(tmp_path / "figkd", [24.0, 24.2])  # Haar 2d, beta 2
+    _finished(tmp_path / "figkd_beta-0.5", [25.0, 24.6])
+    _finished(tmp_path / "figkd_matched-1d-beta6", [23.0, 24.0])  # Haar's 2: -1.0, -0.2
+    _finished(tmp_path / "figkd_matched-1d-beta1.5", [24.5, 24.5])  # Haar's 0.5: -0.5, -0.1
+    _finished(tmp_path / "figkd_matched-1d-beta0.75", [24.0])  # no Haar 0.25: no delta
+    assert S.transform_sweep_table(tmp_path, methods, None) == [
+        "| β on Haar 2d's scale | Haar 2d (β) | 1d (β × 3) |",
+        "|---|---|---|",
+        "| 0.25 |  | 24.00 (β 0.75) |",
+        "| 0.5 | 24.80 ± 0.28 (β 0.5) | 24.50 ± 0.00 (β 1.5), Δ -0.30 ± 0.28 |",
+        "| 2 | 24.10 ± 0.14 (β 2) | 23.50 ± 0.71 (β 6), Δ -0.60 ± 0.57 |",
+    ]
+    # one variant alone is no comparison
+    assert S.transform_sweep_table(tmp_path, S.main_methods(15), None) == []
+
+
 def _packed_tier(train: int | None, test: int | None) -> S.Tier:
     # dataclasses.replace, not tier_with: tier_with ignores None values
     return dataclasses.replace(

@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import datetime as _dt
 import hashlib
+import inspect
 import itertools
 import json
 import math
@@ -1397,6 +1398,19 @@ def write_study_report(
                 results_table(rows, default.label if default else None, "default"),
             ]
             parts += _spaced(failure_notes(rows))
+        sweep = transform_sweep_table(base, study.methods, sha)
+        if sweep:
+            parts += [
+                "",
+                "### FiGKD: β sweep per transform, on Haar 2d's scale",
+                "",
+                ("Each variant's β divided by its detail-loss ratio to Haar 2d "
+                 f"({', '.join(f'{n} {r:g}' for n, (_, r) in _DETAIL_RATIOS.items())}), so a "
+                 "row compares the transforms at the same detail-loss size. Test top-1 at the "
+                 "last epoch; Δ: paired by seed against Haar 2d in the same row."),
+                "",
+                *sweep,
+            ]
     text = "\n".join(parts) + "\n"
     path = out / "study.md"
     path.write_text(text)
@@ -1404,6 +1418,68 @@ def write_study_report(
     if manifest is not None:
         (out / "study.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+#: the reference of the per-transform beta sweep: Haar 2d, whose beta is the scale
+HAAR_2D = "haar-2d"
+
+
+def transform_beta_cells(methods: Iterable[Method]) -> dict[tuple[str, float], Method]:
+    """``(variant, beta on Haar 2d's scale) -> method`` for every FiGKD method that differs
+    from the default only in beta and in one transform of ``_DETAIL_RATIOS``: the main run,
+    the beta sweep, the ``transform``/``wavelet`` rows and the ``matched`` group line up on
+    one axis (a variant's beta divided by its detail-loss ratio to Haar 2d)."""
+    from figkd.losses.figkd_loss import FiGKDLoss
+
+    default_beta = float(inspect.signature(FiGKDLoss).parameters["beta"].default)
+    variants = {HAAR_2D: ({}, 1.0), **_DETAIL_RATIOS}
+    cells: dict[tuple[str, float], Method] = {}
+    for method in methods:
+        if method.loss != "figkd":
+            continue
+        options = {k: v for k, v in method.args.items() if k != "beta"}
+        for name, (option, ratio) in variants.items():
+            if options == option:
+                beta = float(method.args.get("beta", default_beta))
+                cells.setdefault((name, round(beta / ratio, 6)), method)
+    return cells
+
+
+def transform_sweep_table(
+    base: Path, methods: Iterable[Method], teacher_sha256: str | None
+) -> list[str]:
+    """Markdown rows of the beta sweep per transform (:func:`transform_beta_cells`): one row
+    per beta on Haar 2d's scale, each variant's mean ± std with its own beta, and its
+    difference to Haar 2d at that scale paired by seed; empty unless two variants ran."""
+    cells = transform_beta_cells(methods)
+    results = {
+        key: row for key, method in cells.items()
+        if (row := collect(base / method.name, method.label, teacher_sha256)) is not None
+        and row.n > 0
+    }
+    names = [n for n in (HAAR_2D, *_DETAIL_RATIOS) if any(k[0] == n for k in results)]
+    if len(names) < 2 or HAAR_2D not in names:
+        return []
+    ratio = {HAAR_2D: 1.0, **{n: r for n, (_, r) in _DETAIL_RATIOS.items()}}
+    titles = [f"{n} (β × {ratio[n]:g})" if n != HAAR_2D else "Haar 2d (β)" for n in names]
+    lines = [
+        "| β on Haar 2d's scale | " + " | ".join(titles) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for scale in sorted({k[1] for k in results}):
+        haar = results.get((HAAR_2D, scale))
+        shown = []
+        for name in names:
+            row = results.get((name, scale))
+            if row is None:
+                shown.append("")
+                continue
+            text = f"{pm(*row.last_stats())} (β {scale * ratio[name]:g})"
+            if name != HAAR_2D and haar is not None:
+                text += f", Δ {paired_delta(row, haar)}"
+            shown.append(text)
+        lines.append(f"| {scale:.3g} | " + " | ".join(shown) + " |")
+    return lines
 
 
 def _spaced(lines: list[str]) -> list[str]:
