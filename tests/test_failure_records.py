@@ -126,6 +126,8 @@ def test_failure_reason_is_the_first_sentence() -> None:
     assert failure_reason("CUDA out of memory.") == "CUDA out of memory"
     assert failure_reason("first line\nsecond line. more") == "first line"
     assert failure_reason("") == ""
+    assert failure_reason("x. y") == "x"  # a one-letter sentence still ends at its period
+    assert failure_reason(". y") == ". y"  # never an empty reason
 
 
 # --------------------------------------------------------------------------- study folders
@@ -161,14 +163,22 @@ def test_the_table_counts_failed_seeds_and_lists_them_under_it(tmp_path: Path) -
     _finished(method / "seed4", 4, 31.0)
     _failed(method / "seed4", 4, "failed, then finished when run again")  # a leftover
     _failed(method / ".stale" / "seed5", 5, "set aside")
+    _failed(method / "seed10", 10, "disk full", epoch=2)  # by number: after seed 2
+    _failed(method / "unnamed", 0, "no seed recorded")
+    unnamed = json.loads((method / "unnamed" / "failure.json").read_text())
+    del unnamed["seed"]
+    (method / "unnamed" / "failure.json").write_text(json.dumps(unnamed))  # listed last
     row = S.collect(method, "M", SHA)
     assert row is not None and row.seeds == [0, 4] and row.last == [30.0, 31.0]
     assert row.failed == [
         (1, "epoch 1: non-finite loss at epoch 1, step 37: term detail=inf"),
         (2, "epoch 4: CUDA out of memory"),
+        (10, "epoch 2: disk full"),
+        (None, "epoch 1: no seed recorded"),
     ]
     table = S.results_table([row], None, "CE")
-    assert "| M | 2 of 4 | 30.50 ± 0.71 | 29.50 ± 0.71 |  | 60 s |" in table
+    assert "| M | 2 of 6 | 30.50 ± 0.71 | 29.50 ± 0.71 |  | 60 s |" in table
+    row.failed = row.failed[:2]
     assert S.failure_notes([row]) == [
         "Failed runs (their `failure.json`; the means above leave them out):",
         "",
@@ -231,6 +241,15 @@ def test_records_carry_a_failed_run_and_import_it_as_failed(tmp_path: Path) -> N
     assert S.run_state(fresh / "cpu/pair/sum/seed1", 15) == "failed"
     shown = list(state.describe(fresh))
     assert "  cpu/pair/sum/seed1: failed at epoch 2" in shown
+
+    # a local run killed after a checkpoint can resume: a carried failure never replaces it
+    killed = tmp_path / "killed"
+    (killed / "cpu/pair/sum/seed1/checkpoints").mkdir(parents=True)
+    (killed / "cpu/pair/sum/seed1/config.yaml").write_text("{}\n")
+    torch.save({"epoch": 1}, killed / "cpu/pair/sum/seed1/checkpoints/last.pt")
+    report = state.import_state(records, killed, say=lambda line: None)
+    assert "cpu/pair/sum/seed1" in report.kept_local
+    assert not (killed / "cpu/pair/sum/seed1/failure.json").exists()
 
     # a local run that finished since is further along than the carried failure: kept
     _finished(fresh / "cpu/pair/sum/seed1", 1, 25.0)

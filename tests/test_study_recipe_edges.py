@@ -265,6 +265,13 @@ def test_transform_sweep_table_by_hand(tmp_path: Path) -> None:
         "| 0.5 | 24.80 ± 0.28 (β 0.5) | 24.50 ± 0.00 (β 1.5), Δ -0.30 ± 0.28 |",
         "| 2 | 24.10 ± 0.14 (β 2) | 23.50 ± 0.71 (β 6), Δ -0.60 ± 0.57 |",
     ]
+    # a variant whose every seed failed has no numbers: it adds neither a column nor a row
+    failed = tmp_path / "figkd_matched-bior1.3-beta0.875" / "seed0"
+    failed.mkdir(parents=True)
+    (failed / "failure.json").write_text('{"seed": 0, "epoch": 1, "reason": "non-finite"}')
+    assert S.transform_sweep_table(tmp_path, methods, None)[0] == (
+        "| β on Haar 2d's scale | Haar 2d (β) | 1d (β × 3) |"
+    )
     # one variant alone is no comparison
     assert S.transform_sweep_table(tmp_path, S.main_methods(15), None) == []
 
