@@ -275,6 +275,10 @@ def test_study_md_lists_failed_seeds_under_their_table(
         _finished(base / "figkd" / f"seed{seed}", seed, 24.0 + seed)
     _finished(base / "figkd_reduction-sum" / "seed0", 0, 1.5)
     _failed(base / "figkd_reduction-sum" / "seed1", 1, "non-finite loss at epoch 1, step 9")
+    # runs of seeds this study does not have (e.g. held out to confirm a pick) stay out
+    _finished(base / "figkd_reduction-sum" / "seed2", 2, 90.0)
+    _failed(base / "figkd_reduction-sum" / "seed3", 3, "of a held-out seed")
+    _finished(base / "figkd" / "seed4", 4, 90.0)
     text = S.write_study_report(study, None, "figkd study", None).read_text()
     reduction = text.split("### FiGKD ablation: reduction", 1)[1]
     assert "| FiGKD reduction=sum | 1 of 2 | 1.50 | 0.50 | -23.00 | 60 s |" in reduction

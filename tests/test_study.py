@@ -74,6 +74,28 @@ def test_ablations_are_figkd_options() -> None:
         S.ablation_methods(["colour"])
 
 
+def test_single_ablation_rows_are_chosen_as_group_equals_value() -> None:
+    """Confirming a pick on new seeds needs its row alone, not its whole group."""
+    methods = S.ablation_methods(["beta=0.5", "matched=bior1.3-beta1.75", "transform"])
+    assert [(m.name, m.label, m.group, m.args) for m in methods] == [
+        ("figkd_beta-0.5", "FiGKD beta=0.5", "beta", {"beta": 0.5}),
+        ("figkd_matched-bior1.3-beta1.75", "FiGKD matched=bior1.3-beta1.75", "matched",
+         {"wavelet": "bior1.3", "beta": 1.75}),
+        ("figkd_transform-1d", "FiGKD transform=1d", "transform", {"transform": "1d"}),
+    ]
+    # a row named again, or inside a whole group also asked for, runs once
+    assert [m.name for m in S.ablation_methods(["beta=1", "beta", "beta=1"])] == [
+        "figkd_beta-1", "figkd_beta-0.125", "figkd_beta-0.25", "figkd_beta-0.5",
+        "figkd_beta-4", "figkd_beta-8",
+    ]
+    with pytest.raises(ValueError, match=r"ablation beta has no row '3'; choose from "
+                                         r"0\.125, 0\.25, 0\.5, 1, 4, 8"):
+        S.ablation_methods(["beta=3"])
+    with pytest.raises(ValueError, match=r"unknown ablation 'loss\.beta=3'.*GROUP=VALUE\).*"
+                                         "KEY=VALUE overrides go before --ablations"):
+        S.ablation_methods(["loss.beta=3"])
+
+
 def test_per_pair_loss_options_equal_the_pairs_configs(tmp_path: Path) -> None:
     """Each baseline of a tier pair runs with the loss options of that pair's CIFAR-100
     config (DKD's beta, KD + LS's temperature and weight), defaults included."""

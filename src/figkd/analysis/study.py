@@ -41,7 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,21 +171,34 @@ ABLATION_DEFAULTS = {
 
 
 def ablation_methods(groups: Iterable[str]) -> list[Method]:
-    groups = list(groups)
-    if "all" in groups:
-        groups = list(ABLATIONS)
-    methods = []
-    for group in groups:
+    """FiGKD students of whole groups (``beta``), of single rows (``beta=0.5``: e.g. to
+    confirm a pick on new seeds), or of ``all`` groups; each row once, in the order given."""
+    entries = list(groups)
+    if "all" in entries:
+        entries = list(ABLATIONS)
+    methods: dict[str, Method] = {}
+    for entry in entries:
+        group, _, wanted = entry.partition("=")
         if group not in ABLATIONS:
-            hint = "; KEY=VALUE overrides go before --ablations" if "=" in group else ""
+            hint = "; KEY=VALUE overrides go before --ablations" if "=" in entry else ""
             raise ValueError(
-                f"unknown ablation {group!r}; choose from {', '.join(ABLATIONS)} or all{hint}"
+                f"unknown ablation {entry!r}; choose from {', '.join(ABLATIONS)} or all "
+                f"(or one row, GROUP=VALUE){hint}"
             )
-        for value, args in ABLATIONS[group]:
-            methods.append(
-                Method(f"figkd_{group}-{value}", f"FiGKD {group}={value}", "figkd", args, group)
+        rows = ABLATIONS[group]
+        if wanted:
+            rows = [(value, args) for value, args in rows if value == wanted]
+            if not rows:
+                raise ValueError(
+                    f"ablation {group} has no row {wanted!r}; choose from "
+                    f"{', '.join(value for value, _ in ABLATIONS[group])}"
+                )
+        for value, args in rows:
+            name = f"figkd_{group}-{value}"
+            methods.setdefault(
+                name, Method(name, f"FiGKD {group}={value}", "figkd", args, group)
             )
-    return methods
+    return list(methods.values())
 
 
 @dataclass(frozen=True)
@@ -1123,27 +1136,35 @@ def distilled_from(summary: dict[str, Any], teacher_sha256: str | None) -> bool:
     return teacher_sha256 is None or used is None or used == teacher_sha256
 
 
-def collect(folder: Path, label: str, teacher_sha256: str | None = None) -> Result | None:
+def collect(
+    folder: Path,
+    label: str,
+    teacher_sha256: str | None = None,
+    seeds: Collection[int] | None = None,
+) -> Result | None:
     """Finished seeds under ``folder`` (one experiment) as a :class:`Result`, leaving out
-    runs distilled from another teacher file than ``teacher_sha256``; seeds that failed
-    (``failure.json``, no finish since) are listed in :attr:`Result.failed`."""
+    runs distilled from another teacher file than ``teacher_sha256`` and, when ``seeds`` is
+    given, runs of other seeds (a study's table covers its own seeds: runs of extra seeds,
+    e.g. held out to confirm a pick, do not change it); seeds that failed (``failure.json``,
+    no finish since) are listed in :attr:`Result.failed`."""
     if not folder.is_dir():
         return None
-    failed = _failed_seeds(folder, teacher_sha256)
+    failed = [f for f in _failed_seeds(folder, teacher_sha256) if seeds is None or f[0] in seeds]
     summaries = [
         s for s in find_summaries([folder])
         if s.get("status") == "finished" and distilled_from(s, teacher_sha256)
+        and (seeds is None or s.get("seed") in seeds)
     ]
     summaries.sort(key=lambda s: s.get("seed", 0))
     last: list[float] = []
     best: list[float] = []
     wall: list[float] = []
-    seeds: list[int | None] = []
+    ran: list[int | None] = []
     for s in summaries:
         top1 = (s.get("final") or {}).get("test", {}).get("top1")
         if top1 is None:
             continue
-        seeds.append(s.get("seed"))
+        ran.append(s.get("seed"))
         last.append(float(top1))
         chosen = (s.get("best") or {}).get("test", {}).get("top1")
         if chosen is not None:
@@ -1152,7 +1173,7 @@ def collect(folder: Path, label: str, teacher_sha256: str | None = None) -> Resu
             wall.append(float(s["wall_time_s"]))
     if not last and not failed:
         return None
-    return Result(label, str(folder), seeds, last, best, wall, failed)
+    return Result(label, str(folder), ran, last, best, wall, failed)
 
 
 def _failed_seeds(folder: Path, teacher_sha256: str | None) -> list[tuple[int | None, str]]:
@@ -1377,18 +1398,21 @@ def write_study_report(
         rows += [
             r
             for m in study.methods
-            if m.group == "main" and (r := collect(base / m.name, m.label, sha)) is not None
+            if m.group == "main"
+            and (r := collect(base / m.name, m.label, sha, study.seeds)) is not None
         ]
         parts += ["", f"## {pair.label}", "", results_table(rows, "CE", "CE")]
         parts += _spaced(failure_notes(rows))
         for group in groups:
             default = collect(
-                base / "figkd", f"FiGKD {group}={ABLATION_DEFAULTS[group]} (default)", sha
+                base / "figkd", f"FiGKD {group}={ABLATION_DEFAULTS[group]} (default)", sha,
+                study.seeds,
             )
             ablated = [
                 r
                 for m in study.methods
-                if m.group == group and (r := collect(base / m.name, m.label, sha)) is not None
+                if m.group == group
+                and (r := collect(base / m.name, m.label, sha, study.seeds)) is not None
             ]
             rows = [r for r in [default] if r is not None] + ablated
             parts += [
@@ -1398,7 +1422,7 @@ def write_study_report(
                 results_table(rows, default.label if default else None, "default"),
             ]
             parts += _spaced(failure_notes(rows))
-        sweep = transform_sweep_table(base, study.methods, sha)
+        sweep = transform_sweep_table(base, study.methods, sha, study.seeds)
         if sweep:
             parts += [
                 "",
@@ -1446,7 +1470,10 @@ def transform_beta_cells(methods: Iterable[Method]) -> dict[tuple[str, float], M
 
 
 def transform_sweep_table(
-    base: Path, methods: Iterable[Method], teacher_sha256: str | None
+    base: Path,
+    methods: Iterable[Method],
+    teacher_sha256: str | None,
+    seeds: Collection[int] | None = None,
 ) -> list[str]:
     """Markdown rows of the beta sweep per transform (:func:`transform_beta_cells`): one row
     per beta on Haar 2d's scale, each variant's mean ± std with its own beta, and its
@@ -1454,7 +1481,7 @@ def transform_sweep_table(
     cells = transform_beta_cells(methods)
     results = {
         key: row for key, method in cells.items()
-        if (row := collect(base / method.name, method.label, teacher_sha256)) is not None
+        if (row := collect(base / method.name, method.label, teacher_sha256, seeds)) is not None
         and row.n > 0
     }
     names = [n for n in (HAAR_2D, *_DETAIL_RATIOS) if any(k[0] == n for k in results)]

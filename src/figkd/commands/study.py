@@ -180,7 +180,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--ablations",
         nargs="+",
         metavar="GROUP",
-        help=f"FiGKD ablations to add: {' '.join(S.ABLATIONS)} or all",
+        help=f"FiGKD ablations to add: {' '.join(S.ABLATIONS)} or all, or single rows as "
+        "GROUP=VALUE (e.g. beta=0.5)",
     )
     parser.add_argument(
         "--parallel",
