@@ -1446,6 +1446,8 @@ def write_study_report(
 
 #: the reference of the per-transform beta sweep: Haar 2d, whose beta is the scale
 HAAR_2D = "haar-2d"
+#: the sweep's columns: FiGKD options besides beta, and the detail-loss ratio to Haar 2d
+_SWEEP_VARIANTS: dict[str, tuple[dict[str, Any], float]] = {HAAR_2D: ({}, 1.0), **_DETAIL_RATIOS}
 
 
 def transform_beta_cells(methods: Iterable[Method]) -> dict[tuple[str, float], Method]:
@@ -1456,13 +1458,12 @@ def transform_beta_cells(methods: Iterable[Method]) -> dict[tuple[str, float], M
     from figkd.losses.figkd_loss import FiGKDLoss
 
     default_beta = float(inspect.signature(FiGKDLoss).parameters["beta"].default)
-    variants = {HAAR_2D: ({}, 1.0), **_DETAIL_RATIOS}
     cells: dict[tuple[str, float], Method] = {}
     for method in methods:
         if method.loss != "figkd":
             continue
         options = {k: v for k, v in method.args.items() if k != "beta"}
-        for name, (option, ratio) in variants.items():
+        for name, (option, ratio) in _SWEEP_VARIANTS.items():
             if options == option:
                 beta = float(method.args.get("beta", default_beta))
                 cells.setdefault((name, round(beta / ratio, 6)), method)
@@ -1484,10 +1485,10 @@ def transform_sweep_table(
         if (row := collect(base / method.name, method.label, teacher_sha256, seeds)) is not None
         and row.n > 0
     }
-    names = [n for n in (HAAR_2D, *_DETAIL_RATIOS) if any(k[0] == n for k in results)]
+    names = [n for n in _SWEEP_VARIANTS if any(k[0] == n for k in results)]
     if len(names) < 2 or HAAR_2D not in names:
         return []
-    ratio = {HAAR_2D: 1.0, **{n: r for n, (_, r) in _DETAIL_RATIOS.items()}}
+    ratio = {name: r for name, (_, r) in _SWEEP_VARIANTS.items()}
     titles = [f"{n} (β × {ratio[n]:g})" if n != HAAR_2D else "Haar 2d (β)" for n in names]
     lines = [
         "| β on Haar 2d's scale | " + " | ".join(titles) + " |",
@@ -1527,8 +1528,8 @@ def describe_plan(study: Study, jobs: Sequence[Job]) -> str:
             else "  (fails: --replace-stale trains it again)")
     for job in jobs:
         state = run_state(job.run_dir, job.config.train.epochs, job.config.teacher.sha256)
-        note = {"stale": fate,
-                "failed": f"  (failed at {_failure_line(job.run_dir)}; tried again)"}
-        lines.append(f"  {state:<8} {job.kind:<7} {job.config_path}  --seeds {job.seed}"
-                     + note.get(state, ""))
+        note = fate if state == "stale" else ""
+        if state == "failed":
+            note = f"  (failed at {_failure_line(job.run_dir)}; tried again)"
+        lines.append(f"  {state:<8} {job.kind:<7} {job.config_path}  --seeds {job.seed}{note}")
     return "\n".join(lines)

@@ -23,8 +23,9 @@ returns 64 MiB a call) still brings back complete, importable runs, the most val
 
 :func:`import_state` merges a bundle (or a plain study folder) into a study folder.  A run is
 taken only when it is further along than the local copy (finished > killed at a later epoch
-> killed earlier > failed without a checkpoint > absent); every file is checked against its SHA-256 first, and a run is
-replaced in one rename, so an interrupted import leaves each run either old or new.
+> killed earlier > failed without a checkpoint > absent); every file is checked against its
+SHA-256 first, and a run is replaced in one rename, so an interrupted import leaves each run
+either old or new.
 
 :func:`export_records` writes the *records* of a study's finished and failed runs (their
 small files only, never weights) into a plain folder that may be committed to git, so the
