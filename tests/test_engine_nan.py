@@ -4,47 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from torch import Tensor
+from poisoned_losses import NaNAtStep
 
 from figkd.config import config_from_dict
 from figkd.engine import NonFiniteLossError, Trainer, load_weights_only
 from figkd.engine.trainer import EpochRecord
-from figkd.losses import CELoss
-
-
-class NaNAtStep(CELoss):
-    """CE plus a zero "detail" term; at one global training step either that term turns NaN
-    (``where="term"``) or the student's logits do (``where="logits"``, which the loss's own
-    input check notices when validation is on, the CPU default)."""
-
-    # CELoss's own term_names is inferred as tuple[str], narrower than DistillationLoss's
-    # ClassVar[tuple[str, ...]] (src/figkd/losses/ce.py), so mypy refuses a second name here
-    term_names = ("ce", "detail")
-
-    def __init__(self, step: int, where: str = "term") -> None:
-        super().__init__()
-        self.step, self.where, self.calls = step, where, 0
-
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor | None = None,
-        targets: Tensor | None = None,
-        **context: Any,
-    ) -> dict[str, Tensor]:
-        self.calls += 1
-        poisoned = self.calls == self.step
-        if poisoned and self.where == "logits":
-            student_logits = student_logits + float("nan")
-        terms = super().forward(student_logits, teacher_logits, targets, **context)
-        detail = 0.0 * student_logits.sum()
-        if poisoned and self.where == "term":
-            detail = detail + float("nan")
-        return {**terms, "detail": detail}
 
 
 def test_nan_names_step_and_term_and_keeps_last_checkpoint(tmp_path: Path) -> None:

@@ -15,57 +15,22 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import unit_tier
-from torch import Tensor
+from conftest import digits_config, unit_tier
+from poisoned_losses import NaNAtStep
 
 from figkd.analysis import study as S
 from figkd.analysis import study_state as state
-from figkd.config import config_from_dict
 from figkd.data import synthetic
 from figkd.engine import NonFiniteLossError, Trainer
 from figkd.engine.run_dir import failure_reason
 from figkd.engine.trainer import EpochRecord
-from figkd.losses import CELoss
 
-STEPS_PER_EPOCH = 1295 // 64  # digits' train split minus its 10 % validation carve, batch 64
+STEPS = 3  # per epoch: digits_config's max_steps_per_epoch
 SHA = "ab" * 32
 
 
-class NaNAtCall(CELoss):
-    """CE plus a zero "detail" term that turns NaN at one call (``None``: never)."""
-
-    term_names = ("ce", "detail")  # see tests/test_engine_nan.py for why mypy needs this form
-
-    def __init__(self, call: int | None) -> None:
-        super().__init__()
-        self.call, self.calls = call, 0
-
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor | None = None,
-        targets: Tensor | None = None,
-        **context: Any,
-    ) -> dict[str, Tensor]:
-        self.calls += 1
-        terms = super().forward(student_logits, teacher_logits, targets, **context)
-        detail = 0.0 * student_logits.sum()
-        if self.calls == self.call:
-            detail = detail + float("nan")
-        return {**terms, "detail": detail}
-
-
 def _config(tmp_path: Path, epochs: int = 2) -> Any:
-    return config_from_dict(
-        {
-            "experiment": "failing",
-            "output_dir": str(tmp_path),
-            "model": {"name": "tiny_cnn", "args": {"width": 4}},
-            "data": {"dataset": "digits", "num_workers": 0},
-            "train": {"epochs": epochs, "device": "cpu", "num_threads": 1, "progress": "none",
-                      "seed": 3},
-        }
-    )
+    return digits_config(tmp_path, "failing", train={"epochs": epochs, "seed": 3})
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -77,10 +42,10 @@ def test_a_failed_run_records_why_and_a_finish_folds_it_into_the_summary(
     run = tmp_path / "run"
     cfg = _config(tmp_path)
     with pytest.raises(NonFiniteLossError) as info:
-        Trainer(cfg, run, loss=NaNAtCall(STEPS_PER_EPOCH + 3)).fit()
+        Trainer(cfg, run, loss=NaNAtStep(STEPS + 2)).fit()
     failure = json.loads((run / "failure.json").read_text())
     assert failure["reason"] == (
-        f"non-finite loss at epoch 2, step 3 (global step {STEPS_PER_EPOCH + 3}): term detail=nan"
+        f"non-finite loss at epoch 2, step 2 (global step {STEPS + 2}): term detail=nan"
     )
     assert failure["message"] == str(info.value)
     assert (failure["status"], failure["error"]) == ("failed", "NonFiniteLossError")
@@ -93,7 +58,7 @@ def test_a_failed_run_records_why_and_a_finish_folds_it_into_the_summary(
 
     # run again (the error did not come back): it resumes from epoch 1's checkpoint, and
     # the finished summary keeps what had stopped it
-    summary = Trainer(cfg, run, resume=True, loss=NaNAtCall(None)).fit()
+    summary = Trainer(cfg, run, resume=True, loss=NaNAtStep(0)).fit()
     assert not (run / "failure.json").exists()
     assert summary["status"] == "finished" and summary["resumed"] == 1
     assert summary["earlier_failure"] == {
@@ -111,13 +76,13 @@ def test_a_kill_is_not_a_failure(tmp_path: Path) -> None:
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        Trainer(_config(tmp_path), run, loss=NaNAtCall(None), on_epoch_end=interrupt).fit()
+        Trainer(_config(tmp_path), run, loss=NaNAtStep(0), on_epoch_end=interrupt).fit()
     assert (run / "checkpoints" / "last.pt").is_file()
     assert not (run / "failure.json").exists()
 
 
 def test_a_run_that_never_failed_has_no_earlier_failure(tmp_path: Path) -> None:
-    summary = Trainer(_config(tmp_path, epochs=1), tmp_path / "run", loss=NaNAtCall(None)).fit()
+    summary = Trainer(_config(tmp_path, epochs=1), tmp_path / "run", loss=NaNAtStep(0)).fit()
     assert "earlier_failure" not in summary
 
 
