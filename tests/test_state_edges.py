@@ -16,6 +16,7 @@ import random
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -395,6 +396,44 @@ def test_git_commit_reads_the_given_folder(
     assert git_commit(repo) == {"commit": head, "dirty": False}
     (repo / "a.txt").write_text("two\n")
     assert git_commit(repo) == {"commit": head, "dirty": True}
+
+
+def test_the_pinned_commit_is_the_code_the_process_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit made while a run trains is not the run's code: the CLI pins HEAD at start."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    (repo / "a.txt").write_text("one\n")
+    _git(repo, "add", "a.txt")
+    _git(repo, "commit", "-q", "-m", "one")
+    first = (repo / ".git/refs/heads/main").read_text().strip()
+    # the source tree is this repository; nothing pinned yet in this test
+    monkeypatch.setattr(run_dir, "figkd", SimpleNamespace(__file__=str(repo / "__init__.py")))
+    monkeypatch.setattr(run_dir, "_PINNED", [])
+    assert git_commit() == {"commit": first, "dirty": False}  # unpinned: HEAD now
+    run_dir.pin_git_commit()
+    (repo / "a.txt").write_text("two\n")
+    _git(repo, "commit", "-q", "-am", "two")
+    second = (repo / ".git/refs/heads/main").read_text().strip()
+    assert second != first
+    assert git_commit() == {"commit": first, "dirty": False}  # what the process loaded
+    run_dir.pin_git_commit()  # a second pin keeps the first
+    assert git_commit() == {"commit": first, "dirty": False}
+    assert git_commit(repo) == {"commit": second, "dirty": False}  # a folder is read now
+
+
+def test_the_cli_pins_the_commit_before_it_runs_a_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from figkd.cli import main
+
+    monkeypatch.setattr(run_dir, "_PINNED", [])
+    assert main(["models"]) == 0
+    capsys.readouterr()
+    assert len(run_dir._PINNED) == 1
 
 
 def test_cpu_device_description_names_the_cpu_model() -> None:

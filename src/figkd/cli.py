@@ -85,6 +85,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from figkd.engine.run_dir import pin_git_commit
+
+    pin_git_commit()  # before the commands load: the commit of the code this process runs
     args = parse_args(argv)
     try:
         return int(args._run(args) or 0)

@@ -179,8 +179,23 @@ def versions() -> dict[str, str | None]:
     }
 
 
+#: the source tree's commit as this process loaded its code, once :func:`pin_git_commit` ran
+_PINNED: list[dict[str, Any] | None] = []
+
+
+def pin_git_commit() -> None:
+    """Read the figkd source tree's commit now, as the one this process runs (the CLI calls
+    this first, as it loads the code): a commit made while a long run trains, or waits for
+    its teacher cache, must not be recorded as that run's code.  Later calls keep the first."""
+    if not _PINNED:
+        _PINNED.append(git_commit())
+
+
 def git_commit(folder: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
-    """HEAD commit of the figkd source tree and whether it has local changes (None outside git)."""
+    """HEAD commit of ``folder`` (default: the figkd source tree, or the commit pinned by
+    :func:`pin_git_commit`) and whether it has local changes; None outside git."""
+    if folder is None and _PINNED:
+        return _PINNED[0]
     folder = Path(folder) if folder is not None else Path(figkd.__file__).resolve().parent
     try:
         commit = subprocess.run(
