@@ -775,9 +775,9 @@ def run_state(run_dir: Path, epochs: int, teacher_sha256: str | None = None) -> 
     return "new"
 
 
-def _failure_line(run_dir: Path) -> str:
-    """Where and why a failed run stopped, from its ``failure.json``."""
-    failure = read_failure(run_dir) or {}
+def _failure_line(run_dir: Path, failure: dict[str, Any] | None = None) -> str:
+    """Where and why a failed run stopped: its ``failure.json``, or that record already read."""
+    failure = failure if failure is not None else read_failure(run_dir) or {}
     return f"epoch {failure.get('epoch', '?')}: {failure.get('reason') or 'unknown error'}"
 
 
@@ -1188,7 +1188,7 @@ def _failed_seeds(folder: Path, teacher_sha256: str | None) -> list[tuple[int | 
         failure = read_failure(path.parent) or {}
         if not distilled_from(failure, teacher_sha256):
             continue
-        found.append((failure.get("seed"), _failure_line(path.parent)))
+        found.append((failure.get("seed"), _failure_line(path.parent, failure)))
     return sorted(found, key=lambda item: (item[0] is None, item[0] or 0))
 
 
