@@ -122,6 +122,28 @@ def test_the_teacher_retrained_in_another_checkout_keeps_the_students_records(
     assert "left out of the tables" not in (second.out / "study.md").read_text()
 
 
+def test_the_plan_before_the_teacher_retrains_names_the_checksum_each_record_needs(
+    original: dict, data_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Records imported without their teacher are neither kept nor stale until the teacher
+    has trained again: the plan says which SHA-256 keeps them, and does not call them stale."""
+    second = _study(tmp_path / "study", data_dirs[1], write=False)
+    state.import_state(original["records"], tmp_path / "study", **QUIET)
+    jobs = S.student_jobs(second, {PAIR: S.PENDING_TEACHER}, write=False)
+    lines = S.describe_plan(second, [*second.teachers.values(), *jobs]).splitlines()[1:]
+    sha = original["manifest"]["teachers"][PAIR]["sha256"]
+    assert lines[0].split()[:2] == ["new", "train"]  # the teacher
+    by_method = {line.split(".yaml")[0].rsplit("/", 1)[-1]: line for line in lines[1:]}
+    assert by_method["ce"].split()[0] == "finished" and "(" not in by_method["ce"]
+    for method in ("kd", "figkd"):
+        assert by_method[method].split()[0] == "finished"
+        assert by_method[method].endswith(
+            f"(kept if the teacher trains again to SHA-256 {sha[:12]}…; otherwise stale)")
+    second.replace_stale = True
+    again = S.describe_plan(second, jobs)
+    assert again.count("otherwise stale, set aside and trained again)") == 2
+
+
 def test_teacher_pt_holds_no_paths_so_its_bytes_follow_the_weights(original: dict) -> None:
     study: S.Study = original["study"]
     payload = torch.load(study.teacher_checkpoint(study.tier.pairs[0]), weights_only=True)

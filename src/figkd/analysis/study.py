@@ -775,6 +775,12 @@ def run_state(run_dir: Path, epochs: int, teacher_sha256: str | None = None) -> 
     return "new"
 
 
+def _recorded_teacher_sha256(run_dir: Path) -> str | None:
+    """The teacher file's SHA-256 that a finished run's ``summary.json`` names, if any."""
+    data: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
+    return (data.get("teacher") or {}).get("sha256")
+
+
 def _failure_line(run_dir: Path, failure: dict[str, Any] | None = None) -> str:
     """Where and why a failed run stopped: its ``failure.json``, or that record already read."""
     failure = failure if failure is not None else read_failure(run_dir) or {}
@@ -1521,14 +1527,29 @@ def tier_with(tier: Tier, **changes: Any) -> Tier:
     return dataclasses.replace(tier, **changes) if changes else tier
 
 
+#: the teacher checksum a plan gives students whose teacher is still to be trained
+PENDING_TEACHER = "pending"
+
+
 def describe_plan(study: Study, jobs: Sequence[Job]) -> str:
-    """One line per run: its state, kind, config and seed; what a stale run will become."""
+    """One line per run: its state, kind, config and seed; what a stale run will become.
+
+    A finished record whose teacher is still to be trained (records imported beside a
+    teacher that was not carried) is neither kept nor stale yet: the retrained teacher's
+    SHA-256 decides, so the line names the checksum the record needs."""
     lines = [f"{study.tier.name}: {study.tier.description}"]
     fate = ("  (set aside and trained again)" if study.replace_stale
             else "  (fails: --replace-stale trains it again)")
     for job in jobs:
-        state = run_state(job.run_dir, job.config.train.epochs, job.config.teacher.sha256)
+        pinned = job.config.teacher.sha256
+        waiting = pinned == PENDING_TEACHER
+        state = run_state(job.run_dir, job.config.train.epochs, None if waiting else pinned)
         note = fate if state == "stale" else ""
+        if waiting and state == "finished":
+            used = _recorded_teacher_sha256(job.run_dir)
+            if used:
+                note = (f"  (kept if the teacher trains again to SHA-256 {used[:12]}…; "
+                        f"otherwise stale{', set aside and trained again' if study.replace_stale else ''})")
         if state == "failed":
             note = f"  (failed at {_failure_line(job.run_dir)}; tried again)"
         lines.append(f"  {state:<8} {job.kind:<7} {job.config_path}  --seeds {job.seed}{note}")

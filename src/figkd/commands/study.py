@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         shas = {}
         for job in teachers:
             ckpt = study.teacher_checkpoint(job.pair)
-            shas[job.pair.name] = file_sha256(ckpt) if ckpt.is_file() else "pending"
+            shas[job.pair.name] = file_sha256(ckpt) if ckpt.is_file() else S.PENDING_TEACHER
         print(S.describe_plan(study, teachers + S.student_jobs(study, shas, write=False)))
         return 0
     manifest = None
