@@ -21,9 +21,11 @@ from poisoned_losses import NaNAtStep
 from figkd.analysis import study as S
 from figkd.analysis import study_state as state
 from figkd.data import synthetic
-from figkd.engine import NonFiniteLossError, Trainer
+from figkd.engine import NonFiniteLossError, RunExistsError, Trainer, model_payload, save_atomic
 from figkd.engine.run_dir import failure_reason
 from figkd.engine.trainer import EpochRecord
+from figkd.models import create_model
+from figkd.models.checkpoint import file_sha256
 
 STEPS = 3  # per epoch: digits_config's max_steps_per_epoch
 SHA = "ab" * 32
@@ -50,6 +52,7 @@ def test_a_failed_run_records_why_and_a_finish_folds_it_into_the_summary(
     assert failure["message"] == str(info.value)
     assert (failure["status"], failure["error"]) == ("failed", "NonFiniteLossError")
     assert (failure["epoch"], failure["last_checkpoint_epoch"], failure["epochs"]) == (2, 1, 2)
+    assert failure["stage"] == "training"
     assert (failure["experiment"], failure["seed"], failure["method"]) == ("failing", 3, "ce")
     assert failure["teacher"] is None  # CE distils from no teacher
     assert failure["versions"]["torch"] and failure["device"].startswith("cpu (")
@@ -62,7 +65,7 @@ def test_a_failed_run_records_why_and_a_finish_folds_it_into_the_summary(
     assert not (run / "failure.json").exists()
     assert summary["status"] == "finished" and summary["resumed"] == 1
     assert summary["earlier_failure"] == {
-        "epoch": 2, "error": "NonFiniteLossError", "reason": failure["reason"],
+        "stage": "training", "epoch": 2, "error": "NonFiniteLossError", "reason": failure["reason"],
         "failed_at": failure["failed_at"],
     }
     assert json.loads((run / "summary.json").read_text())["earlier_failure"]["epoch"] == 2
@@ -78,6 +81,74 @@ def test_a_kill_is_not_a_failure(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         Trainer(_config(tmp_path), run, loss=NaNAtStep(0), on_epoch_end=interrupt).fit()
     assert (run / "checkpoints" / "last.pt").is_file()
+    assert not (run / "failure.json").exists()
+
+
+def _distill_config(tmp_path: Path, teacher: Path, sha256: str | None) -> Any:
+    return digits_config(tmp_path, "distilling", loss={"name": "kd"}, teacher={
+        "name": "tiny_cnn", "args": {"width": 8}, "checkpoint": str(teacher), "sha256": sha256})
+
+
+def test_a_run_that_fails_while_setting_up_records_the_stage(tmp_path: Path) -> None:
+    """A teacher that does not load (here: not the file the config pins) stops the run before
+    its first epoch and before its folder existed; the record says so, and a later finish
+    keeps it."""
+    teacher = tmp_path / "teacher.pt"
+    save_atomic(model_payload(create_model("tiny_cnn", num_classes=10, in_channels=1, width=8)),
+                teacher)
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="SHA-256"):
+        Trainer(_distill_config(tmp_path, teacher, "0" * 64), run).fit()
+    failure = json.loads((run / "failure.json").read_text())
+    assert sorted(p.name for p in run.iterdir()) == ["failure.json"]  # nothing else written
+    assert (failure["stage"], failure["epoch"], failure["last_checkpoint_epoch"]) == (
+        "setup", 1, 0)
+    assert failure["error"] == "ValueError" and failure["teacher"] is None  # it never loaded
+    assert failure["reason"] == (
+        f"teacher checkpoint {teacher} has SHA-256 {file_sha256(teacher)}, but the config "
+        f"expects {'0' * 64}")
+    assert S._failure_line(run) == f"setup before epoch 1: {failure['reason']}"
+
+    summary = Trainer(_distill_config(tmp_path, teacher, file_sha256(teacher)), run,
+                      resume=True).fit()
+    assert summary["status"] == "finished" and not (run / "failure.json").exists()
+    assert summary["earlier_failure"]["stage"] == "setup"
+    assert summary["earlier_failure"]["epoch"] == 1
+
+
+def test_a_resumed_run_that_fails_while_setting_up_keeps_its_checkpointed_epoch(
+    tmp_path: Path,
+) -> None:
+    teacher = tmp_path / "teacher.pt"
+    save_atomic(model_payload(create_model("tiny_cnn", num_classes=10, in_channels=1, width=8)),
+                teacher)
+    run = tmp_path / "run"
+
+    def stop_after_epoch_1(record: EpochRecord) -> None:
+        raise KeyboardInterrupt  # a kill after epoch 1's checkpoint: resumable, no record
+
+    cfg = digits_config(tmp_path, "distilling", loss={"name": "kd"}, train={"epochs": 3},
+                        teacher={"name": "tiny_cnn", "args": {"width": 8},
+                                 "checkpoint": str(teacher)})
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, run, on_epoch_end=stop_after_epoch_1).fit()
+    teacher.unlink()  # the teacher file went away before the resume
+    with pytest.raises(FileNotFoundError):
+        Trainer(cfg, run, resume=True).fit()
+    failure = json.loads((run / "failure.json").read_text())
+    assert (failure["stage"], failure["epoch"], failure["last_checkpoint_epoch"]) == (
+        "setup", 2, 1)
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert S.run_state(run, 3) == "failed"  # the study tries it again, from last.pt
+
+
+def test_an_invocation_error_writes_no_failure_record(tmp_path: Path) -> None:
+    """A folder that already holds a run, without --resume, is the caller's mistake, not the
+    run's: nothing is written into that run."""
+    run = tmp_path / "run"
+    Trainer(_config(tmp_path, epochs=1), run, loss=NaNAtStep(0)).fit()
+    with pytest.raises(RunExistsError):
+        Trainer(_config(tmp_path, epochs=1), run, loss=NaNAtStep(0)).fit()
     assert not (run / "failure.json").exists()
 
 

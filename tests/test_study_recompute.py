@@ -142,6 +142,9 @@ def test_the_plan_before_the_teacher_retrains_names_the_checksum_each_record_nee
     second.replace_stale = True
     again = S.describe_plan(second, jobs)
     assert again.count("otherwise stale, set aside and trained again)") == 2
+    # once the teacher is there its checksum decides, and the plan says which way
+    known = S.describe_plan(second, S.student_jobs(second, {PAIR: sha}, write=False))
+    assert "kept if" not in known and known.count("  finished distill ") == 2
 
 
 def test_teacher_pt_holds_no_paths_so_its_bytes_follow_the_weights(original: dict) -> None:

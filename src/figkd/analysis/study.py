@@ -784,7 +784,10 @@ def _recorded_teacher_sha256(run_dir: Path) -> str | None:
 def _failure_line(run_dir: Path, failure: dict[str, Any] | None = None) -> str:
     """Where and why a failed run stopped: its ``failure.json``, or that record already read."""
     failure = failure if failure is not None else read_failure(run_dir) or {}
-    return f"epoch {failure.get('epoch', '?')}: {failure.get('reason') or 'unknown error'}"
+    where = f"epoch {failure.get('epoch', '?')}"
+    if failure.get("stage") == "setup":  # data, models, teacher or its cache: before the epoch
+        where = f"setup before {where}"
+    return f"{where}: {failure.get('reason') or 'unknown error'}"
 
 
 @dataclass

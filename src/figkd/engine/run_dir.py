@@ -8,7 +8,8 @@ Layout (docs: design.md, "Conventions")::
     checkpoints/last.pt    atomic, resumable
     checkpoints/best.pt    weights of the best epoch on the validation split
     summary.json           versions, git commit, device, wall time, img/s, final/best metrics
-    failure.json           why a run stopped with an error (until it finishes when run again)
+    failure.json           why a run stopped with an error, in setup or an epoch (until it
+                           finishes when run again)
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class RunDir:
         _write_json_atomic(self.summary, summary)
 
     def write_failure(self, failure: dict[str, Any]) -> None:
+        """Also for a run that failed while setting up, before its folder existed."""
+        self.path.mkdir(parents=True, exist_ok=True)
         _write_json_atomic(self.failure, failure)
 
     def read_failure(self) -> dict[str, Any] | None:

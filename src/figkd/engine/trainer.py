@@ -185,6 +185,7 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         self.prefix = prefix
         self.ctx = dist_utils.env_context()
+        self.teacher_record: dict[str, Any] | None = None  # set by _build once a teacher loads
 
     # ------------------------------------------------------------------ setup
 
@@ -298,23 +299,24 @@ class Trainer:
 
         set_deterministic(cfg.train.deterministic, cfg.train.deterministic_warn_only)
         seed_everything(cfg.train.seed)
-        self._build(first_epoch=checkpoint["state"]["epoch"] + 1 if checkpoint else 1)
-        state = (self._restore(checkpoint) if checkpoint is not None
-                 else RunState(data_path=self.data.path))
-        open_segment(state, device_description(self.device))
-        if ctx.is_main:
-            self.dir.create()
-            save_config(cfg, self.dir.config)
-        if self.teacher is not None and cfg.train.eval_teacher and state.teacher_eval is None:
-            state.teacher_eval = self.evaluate(self.teacher, self.data.test)
-
-        tb = (
-            TensorBoardLogger(self.dir.tensorboard, purge_step=state.epoch + 1)
-            if ctx.is_main
-            else None
-        )
+        first_epoch = checkpoint["state"]["epoch"] + 1 if checkpoint else 1
+        state: RunState | None = None
+        tb: TensorBoardLogger | None = None
         record: dict[str, Any] = {}
-        try:
+        setup_done = False
+        try:  # from here on an error is the run's (data, teacher, cache, step), not the call's
+            self._build(first_epoch=first_epoch)
+            state = (self._restore(checkpoint) if checkpoint is not None
+                     else RunState(data_path=self.data.path))
+            open_segment(state, device_description(self.device))
+            if ctx.is_main:
+                self.dir.create()
+                save_config(cfg, self.dir.config)
+            if self.teacher is not None and cfg.train.eval_teacher and state.teacher_eval is None:
+                state.teacher_eval = self.evaluate(self.teacher, self.data.test)
+            if ctx.is_main:
+                tb = TensorBoardLogger(self.dir.tensorboard, purge_step=state.epoch + 1)
+            setup_done = True
             for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
                 epoch_start = time.perf_counter()
                 record = self._train_epoch(epoch, state)
@@ -332,11 +334,13 @@ class Trainer:
                 session_start = time.perf_counter()
                 self._end_epoch(record, state, tb)
         except Exception as error:  # a kill (KeyboardInterrupt, SIGKILL) is resumable, not this
-            self._record_failure(error, state)
+            done = state.epoch if state is not None else first_epoch - 1
+            self._record_failure(error, done, "training" if setup_done else "setup")
             raise
         finally:
             if tb is not None:
                 tb.close()
+        assert state is not None  # the try set it, or raised
         state.elapsed_s += time.perf_counter() - session_start
         return self._finish(state, record)
 
@@ -355,7 +359,7 @@ class Trainer:
             **cfg.model.args,
         )
         self.teacher: nn.Module | None = None
-        self.teacher_record: dict[str, Any] | None = None
+        self.teacher_record = None
         if getattr(loss, "needs_teacher", True):
             if cfg.teacher.name is None or cfg.teacher.checkpoint is None:
                 raise ValueError(
@@ -594,9 +598,12 @@ class Trainer:
                 self.on_epoch_end(EpochRecord(epoch, cfg.train.epochs, record))
         dist_utils.barrier(self.ctx)
 
-    def _record_failure(self, error: Exception, state: RunState) -> None:
+    def _record_failure(self, error: Exception, done: int, stage: str) -> None:
         """Write ``failure.json`` (rank 0): a run that stops with an error keeps why, where and
-        on what, so a study's table can show the seed as failed instead of silently absent."""
+        on what, so a study's table can show the seed as failed instead of silently absent.
+
+        ``done``: the last checkpointed epoch; ``stage``: "setup" (building the data, models,
+        teacher or its logit cache, before epoch ``done + 1`` began) or "training"."""
         if not self.ctx.is_main:
             return
         message = str(error)
@@ -607,12 +614,13 @@ class Trainer:
             "run_dir": str(self.dir.path),
             "method": self.cfg.loss.name,
             "epochs": self.cfg.train.epochs,
-            "epoch": state.epoch + 1,  # the epoch that was training
-            "last_checkpoint_epoch": state.epoch,
+            "stage": stage,
+            "epoch": done + 1,  # the epoch that was training, or about to
+            "last_checkpoint_epoch": done,
             "error": type(error).__name__,
             "reason": failure_reason(message),
             "message": message,
-            "teacher": (None if self.teacher_record is None
+            "teacher": (None if self.teacher_record is None  # None also before it loaded
                         else {"sha256": self.teacher_record["sha256"]}),
             "device": device_description(self.device),
             "versions": versions(),
@@ -667,7 +675,7 @@ class Trainer:
         earlier = self.dir.read_failure() if self.ctx.is_main else None
         if earlier is not None:  # finished when run again: keep what stopped it before
             summary["earlier_failure"] = {
-                k: earlier.get(k) for k in ("epoch", "error", "reason", "failed_at")
+                k: earlier.get(k) for k in ("stage", "epoch", "error", "reason", "failed_at")
             }
         if self.ctx.is_main:
             self.dir.write_summary(summary)
