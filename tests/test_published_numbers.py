@@ -18,6 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "docs/results/cpu_tier_runs/cpu"
 PAIR = RECORDS / "resnet20_resnet8"
+#: the second machine's teacher and its students (a table of their own)
+EPYC_PAIR = ROOT / "docs/results/cpu_tier_epyc_runs/resnet20_resnet8"
+RESULTS = ROOT / "docs/results/cpu_tiny_imagenet.md"
 FIRST, SIX = (0, 1, 2), (0, 1, 2, 3, 4, 5)
 
 #: the README table's columns and the study's folder of each
@@ -30,10 +33,11 @@ def _readme() -> str:
     return re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
 
 
-def _top1(folder: str, seed: int) -> float:
-    summary = json.loads((PAIR / folder / f"seed{seed}" / "summary.json").read_text())
+def _top1(folder: str, seed: int, pair: Path = PAIR, at: str = "final") -> float:
+    """Test top-1 of a run at its last epoch (``final``) or its best-validation one (``best``)."""
+    summary = json.loads((pair / folder / f"seed{seed}" / "summary.json").read_text())
     assert summary["status"] == "finished", f"{folder} seed {seed} did not finish"
-    return float(summary["final"]["test"]["top1"])
+    return float(summary[at]["test"]["top1"])
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -95,3 +99,51 @@ def test_each_paired_difference_is_the_records(
 def test_the_beta_sweeps_peak_is_the_records() -> None:
     means = [statistics.mean(_top1(f"figkd_beta-{b}", s) for s in FIRST) for b in ("0.5", "1")]
     assert f"Haar 2D peaks at β 0.5-1 ({means[0]:.2f}, {means[1]:.2f})" in _readme()
+
+
+#: a row of the results file's ablation tables: "| FiGKD group=value[ (default)] | 3 | last |
+#: best val | Δ last vs default | time |", or the default's row as "FiGKD (default: ...)"
+_ABLATION_ROW = re.compile(
+    r"^\| FiGKD (?:(?P<group>\w+)=(?P<value>[\w.-]+)(?P<default> \(default\))?"
+    r"|(?P<named>\(default: [^)]*\))) \| 3 \| "
+    r"(?P<last>[\d.]+ ± [\d.]+) \| (?P<best>[\d.]+ ± [\d.]+) \| (?P<delta>[^|]*) \|"
+)
+
+
+def _ablation_rows() -> list[tuple[Path, str, re.Match[str]]]:
+    """Every ablation row of the results file, with the records of the teacher it ran under
+    (the AMD EPYC section's rows have their own)."""
+    text = RESULTS.read_text()
+    epyc = text.index("## Transform and wavelet ablations, on a second machine and teacher")
+    rows = []
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        found = _ABLATION_ROW.match(line)
+        if found:
+            rows.append((EPYC_PAIR if offset > epyc else PAIR, line.strip(), found))
+        offset += len(line)
+    return rows
+
+
+def test_the_results_file_has_the_ablation_rows_this_test_reads() -> None:
+    rows = _ablation_rows()
+    assert len(rows) == 18  # bands 3, beta 5, level 5, the transform table's default 1;
+    # the EPYC's teacher: 4
+    assert sum(pair == EPYC_PAIR for pair, _, _ in rows) == 4
+
+
+@pytest.mark.parametrize(("pair", "row"), [(p, line) for p, line, _ in _ablation_rows()],
+                         ids=[line.split(" | ")[0][2:] for _, line, _ in _ablation_rows()])
+def test_each_ablation_row_is_its_records(pair: Path, row: str) -> None:
+    found = _ABLATION_ROW.match(row)
+    assert found is not None
+    default = bool(found["default"] or found["named"])
+    folder = "figkd" if default else f"figkd_{found['group']}-{found['value']}"
+    assert found["last"] == _pm([_top1(folder, s, pair) for s in FIRST])
+    assert found["best"] == _pm([_top1(folder, s, pair, at="best") for s in FIRST])
+    if default:
+        assert found["delta"].strip() == ""
+    else:
+        diffs = [_top1(folder, s, pair) - _top1("figkd", s, pair) for s in FIRST]
+        mean, std = _stats(diffs)
+        assert found["delta"].strip() == f"{mean:+.2f} ± {std:.2f}"
